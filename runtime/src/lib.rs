@@ -1,0 +1,1 @@
+//! ampoule-runtime: host side of Ampoule.

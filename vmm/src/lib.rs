@@ -1,0 +1,1 @@
+//! ampoule-vmm: the microVM monitor (KVM, memory, boot, devices).
