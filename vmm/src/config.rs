@@ -1,0 +1,428 @@
+//! VM configuration: from command-line flags or a JSON file, and its validation.
+//!
+//! The JSON file has the same fields as the flags (`kernel`, `initrd`,
+//! `cmdline`, `vcpus`, `memory_mib`, `vsock_uds`, `serial_log`, `api_sock`,
+//! `drives: [{"id": .., "path": .., "read_only": ..}]`, `shutdown_timeout_ms`).
+//! Unknown fields are rejected.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest guest memory this VMM lays out (below the 32-bit MMIO hole).
+pub const MAX_MEMORY_MIB: u64 = 3072;
+/// Smallest guest memory accepted.
+pub const MIN_MEMORY_MIB: u64 = 2;
+/// Most vCPUs the MP table and the APIC ID space here are laid out for.
+pub const MAX_VCPUS: u8 = 32;
+/// Longest Unix socket path (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Most virtio-mmio devices (IRQs 5 to 23), the vsock device included.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// Longest drive id.
+pub const MAX_DRIVE_ID: usize = 20;
+
+/// Errors in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --drive value {value:?}: {reason}")]
+    BadDrive { value: String, reason: String },
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no kernel given (--kernel or \"kernel\" in the config file)")]
+    NoKernel,
+    #[error("kernel {path}: {reason}")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("initrd {path}: {reason}")]
+    Initrd { path: PathBuf, reason: String },
+    #[error("drive {id}: {reason}")]
+    Drive { id: String, reason: String },
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u64),
+    #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
+    Memory(u64),
+    #[error("{what} socket path {path}: {reason}")]
+    Socket {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("serial log {path}: {reason}")]
+    SerialLog { path: PathBuf, reason: String },
+}
+
+/// One virtio-blk drive: backed by a file, or an empty slot filled later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Name used by the control socket to fill or empty this slot.
+    pub id: String,
+    /// Backing file; `None` for an empty slot.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_vcpus() -> u64 {
+    1
+}
+fn default_memory() -> u64 {
+    128
+}
+fn default_shutdown_timeout() -> u64 {
+    5000
+}
+
+/// The whole microVM configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// ELF `vmlinux` (or freestanding ELF guest).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk loaded into guest memory.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (virtio-mmio devices are appended).
+    #[serde(default)]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u64,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Hybrid-vsock Unix socket (guest CID 3).
+    #[serde(default)]
+    pub vsock_uds: Option<PathBuf>,
+    /// Serial console output file (stdout when absent).
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
+    /// Control socket.
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
+    /// virtio-blk drives and empty slots, in slot order.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// Graceful shutdown deadline before the VM is stopped by force.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            vsock_uds: None,
+            serial_log: None,
+            api_sock: None,
+            drives: Vec::new(),
+            shutdown_timeout_ms: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// Parses `path=FILE[,ro][,id=ID]`; `index` names the drive when no id is given.
+pub fn parse_drive(value: &str, index: usize) -> Result<DriveConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadDrive {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut path = None;
+    let mut id = None;
+    let mut read_only = false;
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("id", i)) => id = Some(i.to_string()),
+            Some(("ro", "on" | "true")) => read_only = true,
+            Some(("ro", "off" | "false")) => read_only = false,
+            None if part == "ro" => read_only = true,
+            _ => return Err(bad(&format!("unknown or empty option {part:?}"))),
+        }
+    }
+    let path = path.ok_or_else(|| bad("missing path=FILE"))?;
+    let drive = DriveConfig {
+        id: id.unwrap_or_else(|| format!("drive{index}")),
+        path: Some(path),
+        read_only,
+    };
+    check_drive_id(&drive.id).map_err(|r| bad(&r))?;
+    Ok(drive)
+}
+
+/// Parses `id=ID[,ro]` for an empty slot.
+pub fn parse_drive_slot(value: &str) -> Result<DriveConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadDrive {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut id = None;
+    let mut read_only = false;
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("id", i)) => id = Some(i.to_string()),
+            None if part == "ro" => read_only = true,
+            _ => return Err(bad(&format!("unknown or empty option {part:?}"))),
+        }
+    }
+    let id = id.ok_or_else(|| bad("missing id=ID"))?;
+    check_drive_id(&id).map_err(|r| bad(&r))?;
+    Ok(DriveConfig {
+        id,
+        path: None,
+        read_only,
+    })
+}
+
+fn check_drive_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_DRIVE_ID {
+        return Err(format!("id must be 1 to {MAX_DRIVE_ID} characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("id may hold only letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+/// Loads a JSON config file.
+pub fn from_json_file(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_json_str(&text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a JSON config.
+pub fn from_json_str(text: &str) -> Result<VmConfig, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+
+/// Checks a Unix socket path we are about to create.
+pub fn check_socket_path(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::Socket {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(err("empty path".into()));
+    }
+    if len > MAX_SOCKET_PATH {
+        return Err(err(format!(
+            "path is too long ({len} bytes, at most {MAX_SOCKET_PATH})"
+        )));
+    }
+    if path.symlink_metadata().is_ok() {
+        let live = std::os::unix::net::UnixStream::connect(path).is_ok();
+        return Err(err(if live {
+            "already in use by a running process".into()
+        } else {
+            "already exists (remove it if it is stale)".into()
+        }));
+    }
+    Ok(())
+}
+
+impl VmConfig {
+    /// Checks everything that can be checked before creating anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
+        check_elf(kernel)?;
+        if let Some(initrd) = &self.initrd {
+            let md = std::fs::metadata(initrd).map_err(|e| ConfigError::Initrd {
+                path: initrd.clone(),
+                reason: e.to_string(),
+            })?;
+            if !md.is_file() {
+                return Err(ConfigError::Initrd {
+                    path: initrd.clone(),
+                    reason: "not a regular file".into(),
+                });
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        let devices = self.drives.len() + usize::from(self.vsock_uds.is_some());
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::Drive {
+                id: format!("{} drives", self.drives.len()),
+                reason: format!("at most {MAX_VIRTIO_DEVICES} virtio devices in all"),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.drives {
+            check_drive_id(&d.id).map_err(|reason| ConfigError::Drive {
+                id: d.id.clone(),
+                reason,
+            })?;
+            if !seen.insert(d.id.clone()) {
+                return Err(ConfigError::Drive {
+                    id: d.id.clone(),
+                    reason: "duplicate id".into(),
+                });
+            }
+            if let Some(p) = &d.path {
+                let md = std::fs::metadata(p).map_err(|e| ConfigError::Drive {
+                    id: d.id.clone(),
+                    reason: format!("{}: {e}", p.display()),
+                })?;
+                if !md.is_file() {
+                    return Err(ConfigError::Drive {
+                        id: d.id.clone(),
+                        reason: format!("{}: not a regular file", p.display()),
+                    });
+                }
+            }
+        }
+        if let Some(p) = &self.api_sock {
+            check_socket_path("api", p)?;
+        }
+        if let Some(p) = &self.vsock_uds {
+            check_socket_path("vsock", p)?;
+            // `<uds>_<port>` paths must fit too.
+            if p.as_os_str().len() + 11 > MAX_SOCKET_PATH {
+                return Err(ConfigError::Socket {
+                    what: "vsock",
+                    path: p.clone(),
+                    reason: format!(
+                        "path is too long for <path>_<port> names (at most {} bytes)",
+                        MAX_SOCKET_PATH - 11
+                    ),
+                });
+            }
+        }
+        if self.api_sock.is_some() && self.api_sock == self.vsock_uds {
+            return Err(ConfigError::Socket {
+                what: "api",
+                path: self.api_sock.clone().unwrap_or_default(),
+                reason: "same path as the vsock socket".into(),
+            });
+        }
+        if let Some(p) = &self.serial_log {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(ConfigError::SerialLog {
+                        path: p.clone(),
+                        reason: format!("directory {} does not exist", dir.display()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_elf(path: &Path) -> Result<(), ConfigError> {
+    use std::io::Read;
+    let err = |reason: String| ConfigError::Kernel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut magic = [0u8; 4];
+    f.read_exact(&mut magic)
+        .map_err(|_| err("not an ELF file (too short)".into()))?;
+    if magic != ELF_MAGIC {
+        return Err(err(
+            "not an ELF file (an uncompressed vmlinux is needed)".into()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drive_flag_with_path_ro_and_id_parses() {
+        let d = parse_drive("path=/tmp/a.img,ro,id=root", 0).unwrap();
+        assert_eq!(d.id, "root");
+        assert_eq!(d.path.as_deref(), Some(Path::new("/tmp/a.img")));
+        assert!(d.read_only);
+        let d = parse_drive("path=/tmp/b", 3).unwrap();
+        assert_eq!(d.id, "drive3");
+        assert!(!d.read_only);
+    }
+
+    #[test]
+    fn drive_flag_without_path_or_with_unknown_option_is_refused() {
+        assert!(parse_drive("ro,id=x", 0).is_err());
+        assert!(parse_drive("path=/a,bogus=1", 0).is_err());
+        assert!(parse_drive("path=", 0).is_err());
+        assert!(parse_drive("path=/a,id=has space", 0).is_err());
+        assert!(parse_drive("path=/a,id=waytoolongidentifier_over_20", 0).is_err());
+    }
+
+    #[test]
+    fn drive_slot_flag_parses_and_needs_an_id() {
+        let d = parse_drive_slot("id=layer1").unwrap();
+        assert_eq!(d.path, None);
+        assert!(parse_drive_slot("ro").is_err());
+        assert!(parse_drive_slot("id=a,path=/x").is_err());
+    }
+
+    #[test]
+    fn json_config_parses_with_defaults_and_rejects_unknown_fields() {
+        let c = from_json_str(r#"{"kernel": "/k", "memory_mib": 64}"#).unwrap();
+        assert_eq!(c.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, 64);
+        assert!(from_json_str(r#"{"kernel": "/k", "bogus": 1}"#).is_err());
+        assert!(from_json_str(r#"{"kernel": "/k", "vcpus": -1}"#).is_err());
+        let c = from_json_str(
+            r#"{"kernel":"/k","drives":[{"id":"a","path":"/f","read_only":true},{"id":"b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.drives.len(), 2);
+        assert!(c.drives[0].read_only);
+        assert_eq!(c.drives[1].path, None);
+    }
+
+    #[test]
+    fn too_long_socket_path_is_refused() {
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
+        let e = check_socket_path("api", &long).unwrap_err().to_string();
+        assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn missing_kernel_and_bad_counts_are_refused() {
+        let c = VmConfig::default();
+        assert!(matches!(c.validate(), Err(ConfigError::NoKernel)));
+        let c = VmConfig {
+            kernel: Some("/nonexistent/kernel".into()),
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Kernel { .. })));
+    }
+}

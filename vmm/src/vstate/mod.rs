@@ -1,0 +1,4 @@
+//! KVM state: the VM (memory, irqchip, PIT) and the vCPU threads.
+
+pub mod vcpu;
+pub mod vm;

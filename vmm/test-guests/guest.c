@@ -1,0 +1,979 @@
+/* ampoule-vmm test guest: runs in ring 3 (see guest.S) and does what the
+ * kernel command line token t=MODE asks, reporting over COM1 and ending the
+ * VM through the i8042 reset line. Modes:
+ *   hello       print a line and reset
+ *   bootparams  report e820, command line and initrd (FNV-1a) and reset
+ *   smp         count MP-table CPUs, start the APs (INIT/SIPI) and report
+ *   cpuid       report the hypervisor CPUID leaves and the APIC id
+ *   wait        poll the i8042 until Ctrl-Alt-Del arrives, then reset
+ *   hang        spin forever (only a forced stop ends it)
+ *   exitport    write the debug-exit port
+ *   fault       fault in ring 3 (no handler): triple fault
+ *   irq         virtio-blk used-ring and config-change interrupts delivered
+ *               through the IOAPIC to a ring-0 handler
+ */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+extern char ap_trampoline[], ap_trampoline_end[];
+extern u32 cpuid_ring0[5];
+extern volatile u32 irq_counts[256];
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline void pause(void) { __asm__ volatile("pause"); }
+static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d) {
+    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
+}
+static inline u32 mmio_read32(u64 a) { return *(volatile u32 *)a; }
+static inline void mmio_write32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+static void putc(char c) { outb(0x3f8, (u8)c); }
+static void puts(const char *s) { while (*s) putc(*s++); }
+static void puthex(u64 v) {
+    char buf[17];
+    int i = 16;
+    buf[16] = 0;
+    do { buf[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v && i > 0);
+    puts("0x");
+    puts(&buf[i]);
+}
+static void putdec(u64 v) {
+    char buf[21];
+    int i = 20;
+    buf[20] = 0;
+    do { buf[--i] = (char)('0' + v % 10); v /= 10; } while (v && i > 0);
+    puts(&buf[i]);
+}
+
+static void reset(void) {
+    outb(0x64, 0xfe);
+    for (;;) pause();
+}
+
+static int starts_with(const char *s, const char *p) {
+    while (*p) if (*s++ != *p++) return 0;
+    return 1;
+}
+
+/* Returns the value of token `key` (e.g. "t=") in the command line. */
+static const char *find_token(const char *cmd, const char *key) {
+    const char *p = cmd;
+    while (*p) {
+        while (*p == ' ') p++;
+        if (starts_with(p, key)) { while (*key) { key++; p++; } return p; }
+        while (*p && *p != ' ') p++;
+    }
+    return 0;
+}
+
+static int mode_is(const char *v, const char *m) {
+    if (!v) return 0;
+    while (*m) if (*v++ != *m++) return 0;
+    return *v == 0 || *v == ' ';
+}
+
+struct bootinfo {
+    const char *cmdline;
+    u32 e820_n;
+    u64 e820[8][3];
+    u64 initrd_addr, initrd_size;
+};
+
+static void read_bootinfo(long proto, u64 info, struct bootinfo *bi) {
+    bi->initrd_addr = bi->initrd_size = 0;
+    if (proto == 0) {
+        const u8 *bp = (const u8 *)info;
+        bi->cmdline = (const char *)(u64)*(const u32 *)(bp + 0x228);
+        bi->e820_n = bp[0x1e8];
+        if (bi->e820_n > 8) bi->e820_n = 8;
+        for (u32 i = 0; i < bi->e820_n; i++) {
+            const u8 *e = bp + 0x2d0 + 20 * i;
+            bi->e820[i][0] = *(const u64 *)e;
+            bi->e820[i][1] = *(const u64 *)(e + 8);
+            bi->e820[i][2] = *(const u32 *)(e + 16);
+        }
+        bi->initrd_addr = *(const u32 *)(bp + 0x218);
+        bi->initrd_size = *(const u32 *)(bp + 0x21c);
+    } else {
+        const u8 *si = (const u8 *)info;
+        bi->cmdline = (const char *)*(const u64 *)(si + 24);
+        u64 memmap = *(const u64 *)(si + 40);
+        bi->e820_n = *(const u32 *)(si + 48);
+        if (bi->e820_n > 8) bi->e820_n = 8;
+        for (u32 i = 0; i < bi->e820_n; i++) {
+            const u8 *e = (const u8 *)(memmap + 24 * i);
+            bi->e820[i][0] = *(const u64 *)e;
+            bi->e820[i][1] = *(const u64 *)(e + 8);
+            bi->e820[i][2] = *(const u32 *)(e + 16);
+        }
+        if (*(const u32 *)(si + 12) >= 1) {
+            const u8 *m = (const u8 *)*(const u64 *)(si + 16);
+            bi->initrd_addr = *(const u64 *)m;
+            bi->initrd_size = *(const u64 *)(m + 8);
+        }
+    }
+}
+
+static void do_bootparams(struct bootinfo *bi) {
+    puts("E820 n=");
+    putdec(bi->e820_n);
+    putc('\n');
+    for (u32 i = 0; i < bi->e820_n; i++) {
+        puts("E820 ");
+        puthex(bi->e820[i][0]);
+        putc(' ');
+        puthex(bi->e820[i][1]);
+        putc(' ');
+        putdec(bi->e820[i][2]);
+        putc('\n');
+    }
+    puts("CMDLINE ");
+    puts(bi->cmdline);
+    putc('\n');
+    u32 h = 2166136261u;
+    const u8 *p = (const u8 *)bi->initrd_addr;
+    for (u64 i = 0; i < bi->initrd_size; i++) {
+        h ^= p[i];
+        h *= 16777619u;
+    }
+    puts("INITRD addr=");
+    puthex(bi->initrd_addr);
+    puts(" size=");
+    putdec(bi->initrd_size);
+    puts(" fnv=");
+    puthex(h);
+    putc('\n');
+}
+
+static const u8 *find_mpfp(u64 start, u64 len) {
+    for (u64 a = start; a + 16 <= start + len; a += 16) {
+        const u8 *p = (const u8 *)a;
+        if (p[0] == '_' && p[1] == 'M' && p[2] == 'P' && p[3] == '_') {
+            u8 sum = 0;
+            for (int i = 0; i < 16; i++) sum += p[i];
+            if (sum == 0) return p;
+        }
+    }
+    return 0;
+}
+
+#define LAPIC 0xfee00000UL
+#define AP_COUNTER ((volatile u16 *)0x10ff0UL)
+
+static void do_smp(void) {
+    const u8 *fp = find_mpfp(0x9fc00, 0x400);
+    if (!fp) fp = find_mpfp(0xf0000, 0x10000);
+    if (!fp) { puts("MPTABLE missing\n"); return; }
+    const u8 *t = (const u8 *)(u64)*(const u32 *)(fp + 4);
+    u16 len = *(const u16 *)(t + 4);
+    u8 sum = 0;
+    for (u32 i = 0; i < len; i++) sum += t[i];
+    u16 count = *(const u16 *)(t + 34);
+    const u8 *e = t + 44;
+    u32 cpus = 0;
+    u8 ids[64];
+    for (u32 i = 0; i < count && e < t + len; i++) {
+        if (e[0] == 0) {
+            if ((e[3] & 1) && cpus < 64) ids[cpus++] = e[1];
+            e += 20;
+        } else {
+            e += 8;
+        }
+    }
+    puts("MPTABLE cpus=");
+    putdec(cpus);
+    puts(sum == 0 ? " checksum=ok\n" : " checksum=bad\n");
+
+    u8 *dst = (u8 *)0x10000UL;
+    for (char *s = ap_trampoline; s < ap_trampoline_end; s++) *dst++ = (u8)*s;
+    *AP_COUNTER = 0;
+    u32 self = mmio_read32(LAPIC + 0x20) >> 24;
+    for (u32 i = 0; i < cpus; i++) {
+        if (ids[i] == self) continue;
+        mmio_write32(LAPIC + 0x310, (u32)ids[i] << 24);
+        mmio_write32(LAPIC + 0x300, 0x00004500); /* INIT */
+        mmio_write32(LAPIC + 0x310, (u32)ids[i] << 24);
+        mmio_write32(LAPIC + 0x300, 0x00004610); /* SIPI, vector 0x10 */
+        mmio_write32(LAPIC + 0x310, (u32)ids[i] << 24);
+        mmio_write32(LAPIC + 0x300, 0x00004610);
+    }
+    for (u64 spin = 0; spin < 2000000000UL && *AP_COUNTER < cpus - 1; spin++) pause();
+    puts("SMP up=");
+    putdec((u64)*AP_COUNTER + 1);
+    putc('\n');
+}
+
+static void do_cpuid(void) {
+    char sig[13];
+    *(u32 *)&sig[0] = cpuid_ring0[2];
+    *(u32 *)&sig[4] = cpuid_ring0[3];
+    *(u32 *)&sig[8] = cpuid_ring0[4];
+    sig[12] = 0;
+    for (int i = 0; i < 12; i++) if (sig[i] < 32 || sig[i] > 126) sig[i] = '.';
+    puts("CPUID hv_max=");
+    puthex(cpuid_ring0[1]);
+    puts(" hv_sig=");
+    puts(sig);
+    puts(" apic_id=");
+    putdec(cpuid_ring0[0] >> 24);
+    puts(" logical_cpus=");
+    putdec((cpuid_ring0[0] >> 16) & 0xff);
+    putc('\n');
+}
+
+
+/* ---- virtio-mmio driver (polling, ring 3) ---- */
+#define VM_MAGIC 0x000
+#define VM_DEVICE_ID 0x008
+#define VM_DEV_FEAT 0x010
+#define VM_DEV_FEAT_SEL 0x014
+#define VM_DRV_FEAT 0x020
+#define VM_DRV_FEAT_SEL 0x024
+#define VM_QSEL 0x030
+#define VM_QNUM_MAX 0x034
+#define VM_QNUM 0x038
+#define VM_QREADY 0x044
+#define VM_QNOTIFY 0x050
+#define VM_INT_STATUS 0x060
+#define VM_INT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QDESC 0x080
+#define VM_QDRIVER 0x090
+#define VM_QDEVICE 0x0a0
+#define VM_CONFIG_GEN 0x0fc
+#define VM_CONFIG 0x100
+
+#define QSZ 64
+#define D_NEXT 1
+#define D_WRITE 2
+
+struct vdesc { u64 addr; u32 len; u16 flags; u16 next; };
+struct vavail { u16 flags; u16 idx; u16 ring[QSZ]; u16 used_event; };
+struct vused_elem { u32 id; u32 len; };
+struct vused { u16 flags; u16 idx; struct vused_elem ring[QSZ]; u16 avail_event; };
+
+struct vq {
+    u64 base;
+    u32 index;
+    u16 size;
+    u16 last_used;
+    struct vdesc *desc;
+    struct vavail *avail;
+    struct vused *used;
+};
+
+#define MAX_QUEUES 8
+static u8 qmem[MAX_QUEUES][3][4096] __attribute__((aligned(4096)));
+static int qmem_next;
+
+static u32 vr(u64 base, u64 off) { return mmio_read32(base + off); }
+static void vw(u64 base, u64 off, u32 v) { mmio_write32(base + off, v); }
+static inline void barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
+
+static u64 virtio_bases[16];
+static u32 virtio_irqs[16];
+static int virtio_count;
+
+static u64 parse_hex(const char *p) {
+    u64 v = 0;
+    if (p[0] == '0' && p[1] == 'x') p += 2;
+    for (;;) {
+        char c = *p++;
+        if (c >= '0' && c <= '9') v = v * 16 + (u64)(c - '0');
+        else if (c >= 'a' && c <= 'f') v = v * 16 + (u64)(c - 'a' + 10);
+        else return v;
+    }
+}
+
+static void find_virtio(const char *cmd) {
+    const char *p = cmd;
+    virtio_count = 0;
+    while (*p && virtio_count < 16) {
+        while (*p == ' ') p++;
+        if (starts_with(p, "virtio_mmio.device=")) {
+            const char *q = p;
+            while (*q && *q != '@' && *q != ' ') q++;
+            if (*q == '@') {
+                const char *r = q + 1;
+                while (*r && *r != ':' && *r != ' ') r++;
+                u32 irq = 0;
+                if (*r == ':')
+                    for (r++; *r >= '0' && *r <= '9'; r++) irq = irq * 10 + (u32)(*r - '0');
+                virtio_irqs[virtio_count] = irq;
+                virtio_bases[virtio_count++] = parse_hex(q + 1);
+            }
+        }
+        while (*p && *p != ' ') p++;
+    }
+}
+
+/* n-th device (in command-line order) with `id`, or 0. */
+static u64 virtio_find(u32 id, int n) {
+    for (int i = 0; i < virtio_count; i++) {
+        u64 b = virtio_bases[i];
+        if (vr(b, VM_MAGIC) == 0x74726976 && vr(b, VM_DEVICE_ID) == id) {
+            if (n-- == 0) return b;
+        }
+    }
+    return 0;
+}
+
+static int vq_setup(struct vq *q, u64 base, u32 index) {
+    if (qmem_next >= MAX_QUEUES) return -1;
+    u8 (*m)[4096] = qmem[qmem_next++];
+    vw(base, VM_QSEL, index);
+    u32 max = vr(base, VM_QNUM_MAX);
+    if (max == 0) return -1;
+    q->base = base;
+    q->index = index;
+    q->size = max < QSZ ? (u16)max : QSZ;
+    q->last_used = 0;
+    q->desc = (struct vdesc *)m[0];
+    q->avail = (struct vavail *)m[1];
+    q->used = (struct vused *)m[2];
+    for (int i = 0; i < 4096; i++) { m[0][i] = 0; m[1][i] = 0; m[2][i] = 0; }
+    vw(base, VM_QNUM, q->size);
+    vw(base, VM_QDESC, (u32)(u64)q->desc);
+    vw(base, VM_QDESC + 4, 0);
+    vw(base, VM_QDRIVER, (u32)(u64)q->avail);
+    vw(base, VM_QDRIVER + 4, 0);
+    vw(base, VM_QDEVICE, (u32)(u64)q->used);
+    vw(base, VM_QDEVICE + 4, 0);
+    vw(base, VM_QREADY, 1);
+    return 0;
+}
+
+/* Resets, negotiates (VERSION_1 plus `want` of the low 32 bits), sets up
+ * `nq` queues and sets DRIVER_OK. Returns the device's low feature bits. */
+static int virtio_init(u64 base, u32 want, struct vq *qs, int nq, u32 *features) {
+    vw(base, VM_STATUS, 0);
+    vw(base, VM_STATUS, 1);
+    vw(base, VM_STATUS, 3);
+    vw(base, VM_DEV_FEAT_SEL, 0);
+    u32 lo = vr(base, VM_DEV_FEAT);
+    vw(base, VM_DRV_FEAT_SEL, 1);
+    vw(base, VM_DRV_FEAT, 1);
+    vw(base, VM_DRV_FEAT_SEL, 0);
+    vw(base, VM_DRV_FEAT, lo & want);
+    vw(base, VM_STATUS, 3 | 8);
+    if (!(vr(base, VM_STATUS) & 8)) return -1;
+    for (int i = 0; i < nq; i++)
+        if (vq_setup(&qs[i], base, (u32)i)) return -1;
+    vw(base, VM_STATUS, 3 | 8 | 4);
+    if (features) *features = lo;
+    return 0;
+}
+
+/* Puts descriptor chain `head` in the available ring and notifies. */
+static void vq_submit(struct vq *q, u16 head) {
+    q->avail->ring[q->avail->idx % q->size] = head;
+    barrier();
+    q->avail->idx++;
+    barrier();
+    vw(q->base, VM_QNOTIFY, q->index);
+}
+
+static int vq_has_used(struct vq *q) {
+    barrier();
+    return *(volatile u16 *)&q->used->idx != q->last_used;
+}
+
+/* Waits for the next used element; returns 0 and its length, -1 on timeout. */
+static int vq_wait_used(struct vq *q, u32 *len) {
+    for (u64 spin = 0; spin < 400000000UL; spin++) {
+        barrier();
+        if (*(volatile u16 *)&q->used->idx != q->last_used) {
+            struct vused_elem *e = &q->used->ring[q->last_used % q->size];
+            if (len) *len = e->len;
+            q->last_used++;
+            return 0;
+        }
+        pause();
+    }
+    return -1;
+}
+
+
+/* ---- virtio-blk ---- */
+struct blk_req { u32 type; u32 reserved; u64 sector; };
+static struct blk_req breq;
+static volatile u8 bstatus;
+static u8 blkbuf[8192] __attribute__((aligned(4096)));
+
+static int blk_io(struct vq *q, u32 type, u64 sector, u8 *buf, u32 len) {
+    breq.type = type;
+    breq.reserved = 0;
+    breq.sector = sector;
+    bstatus = 0xff;
+    q->desc[0] = (struct vdesc){(u64)&breq, 16, D_NEXT, 1};
+    q->desc[1] = (struct vdesc){(u64)buf, len, (u16)(D_NEXT | (type == 0 ? D_WRITE : 0)), 2};
+    q->desc[2] = (struct vdesc){(u64)&bstatus, 1, D_WRITE, 0};
+    vq_submit(q, 0);
+    if (vq_wait_used(q, 0)) return -2;
+    return bstatus;
+}
+
+static u32 fnv(const u8 *p, u64 n) {
+    u32 h = 2166136261u;
+    for (u64 i = 0; i < n; i++) { h ^= p[i]; h *= 16777619u; }
+    return h;
+}
+
+static u64 blk_capacity(u64 base) {
+    return (u64)vr(base, VM_CONFIG) | ((u64)vr(base, VM_CONFIG + 4) << 32);
+}
+
+static void do_blk(void) {
+    struct vq q[3];
+    u64 b[3];
+    u32 feat[3];
+    for (int i = 0; i < 3; i++) {
+        b[i] = virtio_find(2, i);
+        if (!b[i] || virtio_init(b[i], 1u << 5, &q[i], 1, &feat[i])) {
+            puts("BLK init failed ");
+            putdec((u64)i);
+            putc('\n');
+            return;
+        }
+    }
+    /* Drive 0: read 8 sectors, write sector 1. */
+    int st = blk_io(&q[0], 0, 0, blkbuf, 4096);
+    puts("BLK0 cap=");
+    putdec(blk_capacity(b[0]));
+    puts(" read=");
+    putdec((u64)st);
+    puts(" fnv=");
+    puthex(fnv(blkbuf, 4096));
+    puts(" intr=");
+    putdec(vr(b[0], VM_INT_STATUS) & 1);
+    putc('\n');
+    vw(b[0], VM_INT_ACK, 1);
+    for (int i = 0; i < 512; i++) blkbuf[i] = (u8)"AMPOULE-WROTE-THIS "[i % 19];
+    st = blk_io(&q[0], 1, 1, blkbuf, 512);
+    puts("BLK0 write=");
+    putdec((u64)st);
+    putc('\n');
+    st = blk_io(&q[0], 0, blk_capacity(b[0]), blkbuf, 512);
+    puts("BLK0 read-past-end=");
+    putdec((u64)st);
+    putc('\n');
+    /* Drive 1: read-only. */
+    st = blk_io(&q[1], 1, 0, blkbuf, 512);
+    puts("BLK1 ro_feature=");
+    putdec((feat[1] >> 5) & 1);
+    puts(" write=");
+    putdec((u64)st);
+    putc('\n');
+    /* Drive 2: empty slot, filled through the control socket. */
+    puts("BLK2 cap=");
+    putdec(blk_capacity(b[2]));
+    putc('\n');
+    u32 gen = vr(b[2], VM_CONFIG_GEN);
+    puts("SLOT-WAIT\n");
+    u64 spin;
+    for (spin = 0; spin < 4000000000UL; spin++) {
+        if (vr(b[2], VM_INT_STATUS) & 2) break;
+        pause();
+    }
+    vw(b[2], VM_INT_ACK, 2);
+    u64 cap = blk_capacity(b[2]);
+    st = blk_io(&q[2], 0, 0, blkbuf, 1024);
+    puts("BLK2 config_change=1 gen_changed=");
+    putdec(vr(b[2], VM_CONFIG_GEN) != gen);
+    puts(" cap=");
+    putdec(cap);
+    puts(" read=");
+    putdec((u64)st);
+    puts(" fnv=");
+    puthex(fnv(blkbuf, 1024));
+    putc('\n');
+}
+
+/* ---- virtio-vsock (echo server on port 1024, client to the host) ---- */
+struct vsock_hdr {
+    u64 src_cid, dst_cid;
+    u32 src_port, dst_port, len;
+    u16 type, op;
+    u32 flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+
+#define VS_REQUEST 1
+#define VS_RESPONSE 2
+#define VS_RST 3
+#define VS_SHUTDOWN 4
+#define VS_RW 5
+#define VS_CREDIT_UPDATE 6
+#define VS_CREDIT_REQUEST 7
+#define RXBUF 4096
+#define NRX 32
+#define PEND 16384
+#define MAXC 8
+
+static u8 vs_rx[NRX][sizeof(struct vsock_hdr) + RXBUF] __attribute__((aligned(64)));
+static u8 vs_tx[sizeof(struct vsock_hdr) + RXBUF] __attribute__((aligned(64)));
+static struct vq vsq[3];
+
+struct vconn {
+    int used;
+    u32 host_port, guest_port;
+    u32 peer_buf_alloc, peer_fwd_cnt;
+    u32 tx_cnt;   /* bytes sent to the host */
+    u32 fwd_cnt;  /* bytes consumed (echoed) */
+    u32 head, tail; /* pending echo data ring */
+    u8 buf[PEND];
+};
+static struct vconn vconns[MAXC];
+
+static void vs_post_rx(u16 i) {
+    vsq[0].desc[i] = (struct vdesc){(u64)vs_rx[i], sizeof(vs_rx[i]), D_WRITE, 0};
+    vsq[0].avail->ring[vsq[0].avail->idx % vsq[0].size] = i;
+    barrier();
+    vsq[0].avail->idx++;
+}
+
+static void vs_send(u32 src_port, u32 dst_port, u16 op, u32 flags, const u8 *data, u32 len,
+                    u32 fwd_cnt) {
+    struct vsock_hdr *h = (struct vsock_hdr *)vs_tx;
+    h->src_cid = 3;
+    h->dst_cid = 2;
+    h->src_port = src_port;
+    h->dst_port = dst_port;
+    h->len = len;
+    h->type = 1;
+    h->op = op;
+    h->flags = flags;
+    h->buf_alloc = PEND;
+    h->fwd_cnt = fwd_cnt;
+    for (u32 i = 0; i < len; i++) vs_tx[sizeof(*h) + i] = data[i];
+    vsq[1].desc[0] = (struct vdesc){(u64)vs_tx, (u32)(sizeof(*h) + len), 0, 0};
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+}
+
+static struct vconn *vc_find(u32 host_port, u32 guest_port) {
+    for (int i = 0; i < MAXC; i++)
+        if (vconns[i].used && vconns[i].host_port == host_port && vconns[i].guest_port == guest_port)
+            return &vconns[i];
+    return 0;
+}
+
+static struct vconn *vc_new(u32 host_port, u32 guest_port) {
+    for (int i = 0; i < MAXC; i++) {
+        if (!vconns[i].used) {
+            struct vconn *c = &vconns[i];
+            c->used = 1;
+            c->host_port = host_port;
+            c->guest_port = guest_port;
+            c->peer_buf_alloc = 0;
+            c->peer_fwd_cnt = 0;
+            c->tx_cnt = c->fwd_cnt = 0;
+            c->head = c->tail = 0;
+            return c;
+        }
+    }
+    return 0;
+}
+
+static int vs_init(void) {
+    u64 b = virtio_find(19, 0);
+    if (!b || virtio_init(b, 0, vsq, 3, 0)) return -1;
+    u32 cid = vr(b, VM_CONFIG);
+    puts("VSOCK cid=");
+    putdec(cid);
+    putc('\n');
+    for (u16 i = 0; i < NRX; i++) vs_post_rx(i);
+    vw(b, VM_QNOTIFY, 0);
+    return 0;
+}
+
+/* Handles one received packet; returns its op. Connect replies for our own
+ * client connection are reported through *client_state. */
+static int client_state; /* 0 none, 1 connected, -1 refused */
+static u32 client_port = 5000;
+static u8 client_reply[64];
+static u32 client_reply_len;
+
+static void vs_handle(struct vsock_hdr *h, u8 *data) {
+    struct vconn *c = vc_find(h->src_port, h->dst_port);
+    if (c) {
+        c->peer_buf_alloc = h->buf_alloc;
+        c->peer_fwd_cnt = h->fwd_cnt;
+    }
+    if (h->dst_port == client_port && !c) {
+        if (h->op == VS_RESPONSE) client_state = 1;
+        else if (h->op == VS_RST) client_state = -1;
+        else if (h->op == VS_RW) {
+            for (u32 i = 0; i < h->len && client_reply_len < sizeof(client_reply) - 1; i++)
+                client_reply[client_reply_len++] = data[i];
+        } else if (h->op == VS_SHUTDOWN) {
+            vs_send(client_port, h->src_port, VS_RST, 0, 0, 0, 0);
+            client_state = 2;
+        }
+        return;
+    }
+    switch (h->op) {
+    case VS_REQUEST:
+        if (h->dst_port == 1024 && !c && (c = vc_new(h->src_port, h->dst_port))) {
+            c->peer_buf_alloc = h->buf_alloc;
+            c->peer_fwd_cnt = h->fwd_cnt;
+            vs_send(h->dst_port, h->src_port, VS_RESPONSE, 0, 0, 0, 0);
+        } else {
+            vs_send(h->dst_port, h->src_port, VS_RST, 0, 0, 0, 0);
+        }
+        break;
+    case VS_RW:
+        if (!c) { vs_send(h->dst_port, h->src_port, VS_RST, 0, 0, 0, 0); break; }
+        for (u32 i = 0; i < h->len; i++) { c->buf[c->tail % PEND] = data[i]; c->tail++; }
+        break;
+    case VS_SHUTDOWN:
+        if (c) {
+            vs_send(h->dst_port, h->src_port, VS_RST, 0, 0, 0, c->fwd_cnt);
+            c->used = 0;
+        }
+        break;
+    case VS_RST:
+        if (c) c->used = 0;
+        break;
+    case VS_CREDIT_REQUEST:
+        if (c) vs_send(h->dst_port, h->src_port, VS_CREDIT_UPDATE, 0, 0, 0, c->fwd_cnt);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Receives whatever is in the RX used ring; returns how many packets. */
+static int vs_poll_rx(void) {
+    int n = 0;
+    while (vq_has_used(&vsq[0])) {
+        struct vused_elem *e = &vsq[0].used->ring[vsq[0].last_used % vsq[0].size];
+        u16 id = (u16)e->id;
+        vsq[0].last_used++;
+        if (id < NRX) {
+            struct vsock_hdr *h = (struct vsock_hdr *)vs_rx[id];
+            if (h->len > RXBUF) h->len = RXBUF;
+            vs_handle(h, vs_rx[id] + sizeof(*h));
+            vs_post_rx(id);
+        }
+        n++;
+    }
+    if (n) vw(vsq[0].base, VM_QNOTIFY, 0);
+    return n;
+}
+
+/* Echoes pending data within the host's credit. */
+static int vs_pump(void) {
+    int sent = 0;
+    for (int i = 0; i < MAXC; i++) {
+        struct vconn *c = &vconns[i];
+        if (!c->used) continue;
+        while (c->tail != c->head) {
+            u32 credit = c->peer_buf_alloc - (c->tx_cnt - c->peer_fwd_cnt);
+            u32 n = c->tail - c->head;
+            if (n > RXBUF) n = RXBUF;
+            if (n > credit) n = credit;
+            u32 contiguous = PEND - (c->head % PEND);
+            if (n > contiguous) n = contiguous;
+            if (n == 0) break;
+            c->fwd_cnt += n;
+            vs_send(c->guest_port, c->host_port, VS_RW, 0, c->buf + (c->head % PEND), n, c->fwd_cnt);
+            c->head += n;
+            c->tx_cnt += n;
+            sent++;
+        }
+    }
+    return sent;
+}
+
+static void vs_connect_host(u32 port) {
+    client_state = 0;
+    vs_send(client_port, port, VS_REQUEST, 0, 0, 0, 0);
+    for (u64 spin = 0; spin < 400000000UL && client_state == 0; spin++) {
+        if (!vs_poll_rx()) pause();
+    }
+    puts(client_state == 1 ? "VSOCK connect ok\n" : "VSOCK connect refused\n");
+    if (client_state != 1) return;
+    const char *msg = "hello from the guest over vsock\n";
+    u32 len = 0;
+    while (msg[len]) len++;
+    vs_send(client_port, port, VS_RW, 0, (const u8 *)msg, len, 0);
+    /* Wait for the host's answer line, then close. */
+    for (u64 spin = 0; spin < 400000000UL; spin++) {
+        if (client_reply_len && client_reply[client_reply_len - 1] == '\n') break;
+        if (!vs_poll_rx()) pause();
+    }
+    client_reply[client_reply_len] = 0;
+    puts("VSOCK host said: ");
+    puts((const char *)client_reply);
+    vs_send(client_port, port, VS_SHUTDOWN, 3, 0, 0, client_reply_len);
+    client_port++;
+}
+
+static void do_vsock(const char *cmd) {
+    if (vs_init()) { puts("VSOCK init failed\n"); return; }
+    const char *p = cmd;
+    while (*p) {
+        while (*p == ' ') p++;
+        if (starts_with(p, "hostport=")) {
+            u32 port = 0;
+            for (const char *q = p + 9; *q >= '0' && *q <= '9'; q++) port = port * 10 + (u32)(*q - '0');
+            vs_connect_host(port);
+        }
+        while (*p && *p != ' ') p++;
+    }
+    puts("VSOCK-READY\n");
+    for (;;) {
+        int busy = vs_poll_rx();
+        busy += vs_pump();
+        if (inb(0x64) & 1) {
+            if (inb(0x60) == 0x71) break;
+        }
+        if (!busy) pause();
+    }
+}
+
+/* ---- hostile guest: malformed requests everywhere, then normal service ---- */
+static void mmio_write8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+
+static void do_hostile(const char *cmd) {
+    u64 b = virtio_find(2, 0);
+    if (!b) { puts("HOSTILE no blk\n"); return; }
+    /* Writes to read-only registers and unknown offsets, odd sizes. */
+    vw(b, VM_MAGIC, 0);
+    vw(b, VM_DEVICE_ID, 99);
+    vw(b, VM_QNUM_MAX, 0xffff);
+    vw(b, VM_INT_STATUS, 0xffffffff);
+    vw(b, 0x0f0, 1);
+    vw(b, 0x0fd, 1);
+    mmio_write8(b + VM_STATUS, 0xff);
+    vw(b, VM_QNOTIFY, 99);
+    puts("HOSTILE ro-registers magic=");
+    puthex(vr(b, VM_MAGIC));
+    puts(" id=");
+    putdec(vr(b, VM_DEVICE_ID));
+    putc('\n');
+    /* Queue size beyond the maximum and invalid ring addresses. */
+    vw(b, VM_STATUS, 0);
+    vw(b, VM_STATUS, 1);
+    vw(b, VM_STATUS, 3);
+    vw(b, VM_DRV_FEAT_SEL, 1);
+    vw(b, VM_DRV_FEAT, 1);
+    vw(b, VM_STATUS, 3 | 8);
+    vw(b, VM_QSEL, 7);               /* no such queue */
+    vw(b, VM_QNUM, 4);
+    vw(b, VM_QREADY, 1);
+    vw(b, VM_QSEL, 0);
+    vw(b, VM_QNUM, 60000);           /* too big */
+    vw(b, VM_QNUM, 3);               /* not a power of two */
+    vw(b, VM_QDESC, 0xfffff000);
+    vw(b, VM_QDESC + 4, 0xffff);
+    vw(b, VM_QREADY, 1);
+    vw(b, VM_STATUS, 3 | 8 | 4);
+    puts("HOSTILE bad-rings status=");
+    puthex(vr(b, VM_STATUS));
+    putc('\n');
+    /* Proper setup, then malformed chains. */
+    struct vq q;
+    qmem_next = 0;
+    if (virtio_init(b, 0, &q, 1, 0)) { puts("HOSTILE reinit failed\n"); return; }
+    breq.type = 0; breq.sector = 0; bstatus = 0xff;
+    /* 1: data descriptor outside guest memory. */
+    q.desc[0] = (struct vdesc){(u64)&breq, 16, D_NEXT, 1};
+    q.desc[1] = (struct vdesc){0x7fff00000000UL, 4096, D_NEXT | D_WRITE, 2};
+    q.desc[2] = (struct vdesc){(u64)&bstatus, 1, D_WRITE, 0};
+    vq_submit(&q, 0);
+    vq_wait_used(&q, 0);
+    /* 2: huge length. */
+    q.desc[1] = (struct vdesc){(u64)blkbuf, 0xffffffffu, D_NEXT | D_WRITE, 2};
+    vq_submit(&q, 0);
+    vq_wait_used(&q, 0);
+    /* 3: a chain that loops on itself. */
+    q.desc[3] = (struct vdesc){(u64)&breq, 16, D_NEXT, 3};
+    vq_submit(&q, 3);
+    vq_wait_used(&q, 0);
+    /* 4: head index out of range, next index out of range. */
+    q.desc[4] = (struct vdesc){(u64)&breq, 16, D_NEXT, 60000};
+    vq_submit(&q, 4);
+    vq_wait_used(&q, 0);
+    q.avail->ring[q.avail->idx % q.size] = 50000;
+    barrier();
+    q.avail->idx++;
+    barrier();
+    vw(q.base, VM_QNOTIFY, 0);
+    /* 5: no status descriptor, 6: header too short. */
+    q.desc[5] = (struct vdesc){(u64)&breq, 16, 0, 0};
+    vq_submit(&q, 5);
+    q.desc[6] = (struct vdesc){(u64)&breq, 4, D_NEXT, 7};
+    q.desc[7] = (struct vdesc){(u64)&bstatus, 1, D_WRITE, 0};
+    vq_submit(&q, 6);
+    /* A valid request still works. */
+    for (u64 spin = 0; spin < 1000000; spin++) pause();
+    q.last_used = q.used->idx;
+    int st = blk_io(&q, 0, 0, blkbuf, 512);
+    puts("HOSTILE blk-after read=");
+    putdec((u64)st);
+    puts(" fnv=");
+    puthex(fnv(blkbuf, 512));
+    putc('\n');
+
+    /* vsock: oversized, wrong-cid, unknown-op and write-only packets. */
+    if (vs_init()) { puts("HOSTILE no vsock\n"); return; }
+    struct vsock_hdr *h = (struct vsock_hdr *)vs_tx;
+    h->src_cid = 3; h->dst_cid = 2; h->src_port = 7000; h->dst_port = 7001;
+    h->len = 1u << 30; h->type = 1; h->op = VS_RW; h->flags = 0; h->buf_alloc = 0; h->fwd_cnt = 0;
+    vsq[1].desc[0] = (struct vdesc){(u64)vs_tx, sizeof(*h), D_NEXT, 1};
+    vsq[1].desc[1] = (struct vdesc){(u64)blkbuf, 8192, 0, 0};
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+    h->len = 0; h->src_cid = 77; h->op = VS_REQUEST;
+    vsq[1].desc[0] = (struct vdesc){(u64)vs_tx, sizeof(*h), 0, 0};
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+    h->src_cid = 3; h->op = 200;
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+    h->op = VS_RW; h->type = 9;
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+    vsq[1].desc[0] = (struct vdesc){(u64)vs_tx, 8, D_WRITE, 0};
+    vq_submit(&vsq[1], 0);
+    vq_wait_used(&vsq[1], 0);
+    /* RST replies may be queued for the refused packets: drain them. */
+    for (u64 spin = 0; spin < 2000000; spin++) { if (!vs_poll_rx()) pause(); }
+    puts("HOSTILE-DONE\n");
+    (void)cmd;
+    puts("VSOCK-READY\n");
+    for (;;) {
+        int busy = vs_poll_rx();
+        busy += vs_pump();
+        if (inb(0x64) & 1) {
+            if (inb(0x60) == 0x71) break;
+        }
+        if (!busy) pause();
+    }
+}
+
+/* ---- interrupts: IOAPIC -> LAPIC -> ring-0 stub counting the vector ---- */
+static u32 virtio_irq_of(u64 base) {
+    for (int i = 0; i < virtio_count; i++)
+        if (virtio_bases[i] == base) return virtio_irqs[i];
+    return 0;
+}
+
+static void ioapic_route(u32 pin, u32 vector) {
+    mmio_write32(0xfec00000UL, 0x10 + 2 * pin);
+    mmio_write32(0xfec00010UL, vector);     /* fixed, edge, unmasked */
+    mmio_write32(0xfec00000UL, 0x11 + 2 * pin);
+    mmio_write32(0xfec00010UL, 0);          /* destination APIC 0 */
+}
+
+static void enable_interrupts(void) {
+    outb(0x21, 0xff);                        /* mask both 8259s */
+    outb(0xa1, 0xff);
+    mmio_write32(LAPIC + 0xf0, 0x1ff);       /* LAPIC on, spurious vector 0xff */
+    __asm__ volatile("ud2" ::: "memory");    /* #UD handler sets IF */
+}
+
+static int wait_irq(u32 vector, u32 above) {
+    for (u64 spin = 0; spin < 4000000000UL; spin++) {
+        if (irq_counts[vector] > above) return 0;
+        pause();
+    }
+    return -1;
+}
+
+static void do_irq(void) {
+    struct vq q[2];
+    u64 b[2];
+    for (int i = 0; i < 2; i++) {
+        b[i] = virtio_find(2, i);
+        if (!b[i]) { puts("IRQ no blk\n"); return; }
+    }
+    u32 v0 = 0x30 + virtio_irq_of(b[0]);
+    u32 v1 = 0x30 + virtio_irq_of(b[1]);
+    ioapic_route(v0 - 0x30, v0);
+    ioapic_route(v1 - 0x30, v1);
+    enable_interrupts();
+    for (int i = 0; i < 2; i++) {
+        if (virtio_init(b[i], 0, &q[i], 1, 0)) { puts("IRQ init failed\n"); return; }
+    }
+    int st = blk_io(&q[0], 0, 0, blkbuf, 512);
+    int got = wait_irq(v0, 0);
+    puts("IRQ used-ring read=");
+    putdec((u64)st);
+    puts(got == 0 ? " delivered=1 count=" : " delivered=0 count=");
+    putdec(irq_counts[v0]);
+    putc('\n');
+    vw(b[0], VM_INT_ACK, vr(b[0], VM_INT_STATUS));
+    u32 before = irq_counts[v1];
+    puts("IRQ-WAIT\n");
+    got = wait_irq(v1, before);
+    u32 isr = vr(b[1], VM_INT_STATUS);
+    vw(b[1], VM_INT_ACK, isr);
+    puts(got == 0 ? "IRQ config-change delivered=1 status=" : "IRQ config-change delivered=0 status=");
+    putdec(isr);
+    puts(" cap=");
+    putdec(blk_capacity(b[1]));
+    putc('\n');
+}
+
+static void do_wait(void) {
+    puts("WAITING\n");
+    u8 prev = 0;
+    for (;;) {
+        if (inb(0x64) & 1) {
+            u8 b = inb(0x60);
+            if (prev == 0xe0 && b == 0x71) break;
+            prev = b;
+        } else {
+            pause();
+        }
+    }
+    puts("CTRL-ALT-DEL\n");
+}
+
+void guest_main(long proto, u64 info) {
+    struct bootinfo bi;
+    read_bootinfo(proto, info, &bi);
+    const char *mode = find_token(bi.cmdline, "t=");
+    find_virtio(bi.cmdline);
+    puts("AMPOULE-GUEST proto=");
+    puts(proto == 0 ? "linux64" : "pvh");
+    putc('\n');
+    if (mode_is(mode, "hello")) {
+        puts("hello from the test guest\n");
+    } else if (mode_is(mode, "bootparams")) {
+        do_bootparams(&bi);
+    } else if (mode_is(mode, "smp")) {
+        do_smp();
+    } else if (mode_is(mode, "cpuid")) {
+        do_cpuid();
+    } else if (mode_is(mode, "vsock")) {
+        do_vsock(bi.cmdline);
+    } else if (mode_is(mode, "irq")) {
+        do_irq();
+    } else if (mode_is(mode, "hostile")) {
+        do_hostile(bi.cmdline);
+    } else if (mode_is(mode, "blk")) {
+        do_blk();
+    } else if (mode_is(mode, "wait")) {
+        do_wait();
+    } else if (mode_is(mode, "hang")) {
+        puts("HANGING\n");
+        for (;;) pause();
+    } else if (mode_is(mode, "exitport")) {
+        puts("EXITPORT\n");
+        outb(0xf4, 0);
+        for (;;) pause();
+    } else if (mode_is(mode, "fault")) {
+        puts("FAULT\n");
+        __asm__ volatile("hlt"); /* #GP in ring 3, no handler: triple fault */
+    } else {
+        puts("unknown mode\n");
+    }
+    puts("DONE\n");
+    reset();
+}
