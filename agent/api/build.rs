@@ -20,7 +20,10 @@ fn main() {
     for name in ["agent.rs", "agent_ttrpc.rs"] {
         let path = std::path::Path::new(&out).join(name);
         let text = std::fs::read_to_string(&path).expect("reading generated code");
-        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("#![") && !l.starts_with("//!")).collect();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("#![") && !l.starts_with("//!"))
+            .collect();
         std::fs::write(&path, kept.join("\n")).expect("writing generated code");
     }
 }

@@ -3,13 +3,33 @@
 //! `agent.proto` holds the messages and the `Agent` ttrpc service; this crate
 //! adds the vsock ports and the readiness line both sides agree on.
 
-
-
-#[allow(clippy::all, unused_qualifications, missing_docs, unused_mut, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals, unknown_lints)]
+#[allow(
+    clippy::all,
+    unused_qualifications,
+    missing_docs,
+    unused_mut,
+    unused_imports,
+    dead_code,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unknown_lints
+)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
-#[allow(clippy::all, unused_qualifications, missing_docs, unused_mut, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals, unknown_lints)]
+#[allow(
+    clippy::all,
+    unused_qualifications,
+    missing_docs,
+    unused_mut,
+    unused_imports,
+    dead_code,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unknown_lints
+)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }

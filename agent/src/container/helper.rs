@@ -1,0 +1,702 @@
+//! `ampoule-agent __container-init`: the single-threaded helper that turns
+//! into a container process. See `process.rs` for the protocol.
+//!
+//! It joins the cgroup, enters (setns) or creates (unshare) the namespaces,
+//! then forks the process with CLONE_PARENT (so the agent is its parent and
+//! a new pid namespace has it as pid 1), reports the pid and exits. The
+//! process sets up mounts, pivot_root, the terminal, rlimits, user and
+//! capabilities, reports Ready, waits for Start and execs.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::stat::{Mode, SFlag};
+
+use super::caps;
+use super::mounts::{default_devices, DeviceNode, MountStep, DEV_SYMLINKS};
+use super::process::{
+    path_of, recv, send, CreateSetup, HelperConfig, Msg, NsPlan, ProcessPlan, Setup, SYNC_FD,
+};
+
+type R<T> = Result<T, String>;
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Entry point of the helper; never returns.
+pub fn main() -> ! {
+    let sock = SYNC_FD;
+    let err = match run(sock) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = send(sock, &Msg::Error { message: err }, None);
+    std::process::exit(1);
+}
+
+fn run(sock: RawFd) -> R<Infallible> {
+    let cfg: HelperConfig = match recv(sock) {
+        Ok(Some((Msg::Config(c), _))) => *c,
+        Ok(other) => return Err(format!("helper expected its config, got {other:?}")),
+        Err(e) => return Err(format!("helper reading its config: {e}")),
+    };
+    // The process (not this helper) joins the cgroup, through a file opened
+    // now, before the namespaces change what paths mean: the helper never
+    // counts against pids.max nor sits in a frozen cgroup.
+    let procs = match &cfg.cgroup {
+        Some(cg) => Some(ctx(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs")),
+            || format!("opening cgroup {}", cg.display()),
+        )?),
+        None => None,
+    };
+    let (init, cgroup_ns) = match &cfg.setup {
+        Setup::Create(c) => (true, enter_new_namespaces(&c.namespaces)?),
+        Setup::Exec { init_pid } => (false, join_namespaces(*init_pid)?),
+    };
+    // SAFETY: raw clone(2) without a new stack behaves like fork(2); this
+    // process is single-threaded, so the child may run any code.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(format!("clone: {}", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        let _ = send(sock, &Msg::Pid { pid: pid as i32 }, None);
+        std::process::exit(0);
+    }
+    // The container process.
+    if let Some(mut f) = procs {
+        use std::io::Write;
+        ctx(f.write_all(b"0"), || {
+            "joining the container cgroup".to_string()
+        })?;
+    }
+    // A cgroup namespace is entered once inside the cgroup, so that the
+    // cgroup is its root.
+    match cgroup_ns {
+        Some(CgroupNs::New) => ctx(nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP), || {
+            "unshare cgroup namespace".to_string()
+        })?,
+        Some(CgroupNs::Join(f)) => ctx(nix::sched::setns(f, CloneFlags::CLONE_NEWCGROUP), || {
+            "setns cgroup namespace".to_string()
+        })?,
+        None => {}
+    }
+    if let Setup::Create(c) = &cfg.setup {
+        setup_container(c)?;
+    }
+    let (exe, env) = setup_process(&cfg.process, init, sock)?;
+    exec(sock, &cfg.process, exe, &env)
+}
+
+/// A cgroup namespace for the process, entered after it joined its cgroup.
+enum CgroupNs {
+    New,
+    Join(std::fs::File),
+}
+
+/// Creates (unshare) or joins (setns by path) the container's namespaces,
+/// always with a new mount namespace; the cgroup namespace is returned for
+/// the process to enter.
+fn enter_new_namespaces(namespaces: &[NsPlan]) -> R<Option<CgroupNs>> {
+    let mut new = CloneFlags::CLONE_NEWNS;
+    let mut cgroup_ns = None;
+    for ns in namespaces {
+        let flag = CloneFlags::from_bits_truncate(ns.flag);
+        if flag == CloneFlags::CLONE_NEWCGROUP {
+            cgroup_ns = Some(match &ns.path {
+                Some(p) => CgroupNs::Join(ctx(std::fs::File::open(p), || {
+                    format!("namespace {}", p.display())
+                })?),
+                None => CgroupNs::New,
+            });
+            continue;
+        }
+        match &ns.path {
+            Some(p) => {
+                let f = ctx(std::fs::File::open(p), || {
+                    format!("namespace {}", p.display())
+                })?;
+                ctx(nix::sched::setns(f, flag), || {
+                    format!("setns {}", p.display())
+                })?;
+            }
+            None => new |= flag,
+        }
+    }
+    ctx(nix::sched::unshare(new), || {
+        "unshare namespaces".to_string()
+    })?;
+    if new.contains(CloneFlags::CLONE_NEWNET) {
+        // As runc: a new network namespace gets its loopback up.
+        loopback_up()?;
+    }
+    Ok(cgroup_ns)
+}
+
+fn loopback_up() -> R<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = ctx(
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ),
+        || "socket for lo".to_string(),
+    )?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS on our socket with an ifreq that
+    // lives on this frame; the flags member is the one these ioctls use.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(format!("lo flags: {}", std::io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(format!("lo up: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Enters the namespaces of `init_pid` that differ from ours (mount last,
+/// after every other namespace file is open); its cgroup namespace is
+/// returned for the process to enter.
+fn join_namespaces(init_pid: i32) -> R<Option<CgroupNs>> {
+    use std::os::unix::fs::MetadataExt;
+    let kinds = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut open = Vec::new();
+    for (name, flag) in kinds {
+        let theirs = format!("/proc/{init_pid}/ns/{name}");
+        let ours = format!("/proc/self/ns/{name}");
+        let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+            continue;
+        };
+        if t.ino() == o.ino() && t.dev() == o.dev() {
+            continue;
+        }
+        let f = ctx(std::fs::File::open(&theirs), || format!("open {theirs}"))?;
+        open.push((name, f, flag));
+    }
+    let mut cgroup_ns = None;
+    for (name, f, flag) in open {
+        if flag == CloneFlags::CLONE_NEWCGROUP {
+            cgroup_ns = Some(CgroupNs::Join(f));
+            continue;
+        }
+        ctx(nix::sched::setns(f, flag), || {
+            format!("setns {name} of pid {init_pid}")
+        })?;
+    }
+    Ok(cgroup_ns)
+}
+
+fn setup_container(setup: &CreateSetup) -> R<()> {
+    let CreateSetup {
+        rootfs,
+        mounts,
+        populate_dev,
+        devices,
+        hostname,
+        domainname,
+        masked_paths,
+        readonly_paths,
+        readonly_root,
+        sysctl,
+        ..
+    } = setup;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "making / private".to_string(),
+    )?;
+    for m in mounts {
+        do_mount(m)?;
+    }
+    if *populate_dev {
+        for d in default_devices() {
+            make_device(rootfs, &d)?;
+        }
+        let dev = rootfs.join("dev");
+        for (target, name) in DEV_SYMLINKS {
+            let link = dev.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                ctx(std::os::unix::fs::symlink(target, &link), || {
+                    format!("symlink {}", link.display())
+                })?;
+            }
+        }
+    }
+    for d in devices {
+        make_device(rootfs, d)?;
+    }
+    ctx(nix::unistd::chdir(rootfs), || {
+        format!("chdir {}", rootfs.display())
+    })?;
+    ctx(nix::unistd::pivot_root(".", "."), || {
+        "pivot_root".to_string()
+    })?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detaching the old root".to_string()
+    })?;
+    ctx(nix::unistd::chdir("/"), || "chdir /".to_string())?;
+    for p in masked_paths {
+        mask(p)?;
+    }
+    for p in readonly_paths {
+        readonly(p)?;
+    }
+    if *readonly_root {
+        ctx(
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+            || "remounting / read-only".to_string(),
+        )?;
+    }
+    if let Some(h) = hostname {
+        ctx(nix::unistd::sethostname(h), || format!("sethostname {h:?}"))?;
+    }
+    if let Some(d) = domainname {
+        let c = ctx(CString::new(d.as_bytes()), || "domainname".to_string())?;
+        // SAFETY: setdomainname with a valid buffer and its length.
+        if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
+            return Err(format!(
+                "setdomainname: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    for (k, v) in sysctl {
+        if k.contains("..") || k.contains('/') {
+            return Err(format!("invalid sysctl {k:?}"));
+        }
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        ctx(std::fs::write(&path, v), || format!("sysctl {k}"))?;
+    }
+    Ok(())
+}
+
+fn do_mount(m: &MountStep) -> R<()> {
+    if m.bind {
+        let src = m.source.as_deref().unwrap_or(Path::new(""));
+        let meta = ctx(std::fs::metadata(src), || {
+            format!("bind mount source {}", src.display())
+        })?;
+        if meta.is_dir() {
+            ctx(std::fs::create_dir_all(&m.target), || {
+                format!("mkdir {}", m.target.display())
+            })?;
+        } else {
+            if let Some(parent) = m.target.parent() {
+                ctx(std::fs::create_dir_all(parent), || {
+                    format!("mkdir {}", parent.display())
+                })?;
+            }
+            if std::fs::symlink_metadata(&m.target).is_err() {
+                ctx(std::fs::File::create(&m.target), || {
+                    format!("create {}", m.target.display())
+                })?;
+            }
+        }
+    } else {
+        ctx(std::fs::create_dir_all(&m.target), || {
+            format!("mkdir {}", m.target.display())
+        })?;
+    }
+    ctx(
+        mount(
+            m.source.as_deref(),
+            &m.target,
+            m.fstype.as_deref(),
+            MsFlags::from_bits_truncate(m.flags),
+            m.data.as_deref(),
+        ),
+        || {
+            format!(
+                "mount {} on {} ({})",
+                m.fstype.as_deref().unwrap_or("bind"),
+                m.target.display(),
+                m.data.as_deref().unwrap_or("")
+            )
+        },
+    )?;
+    if let Some(f) = m.remount_flags {
+        ctx(
+            mount(
+                None::<&str>,
+                &m.target,
+                None::<&str>,
+                MsFlags::from_bits_truncate(f),
+                None::<&str>,
+            ),
+            || format!("remount {}", m.target.display()),
+        )?;
+    }
+    if let Some(p) = m.propagation {
+        ctx(
+            mount(
+                None::<&str>,
+                &m.target,
+                None::<&str>,
+                MsFlags::from_bits_truncate(p),
+                None::<&str>,
+            ),
+            || format!("propagation of {}", m.target.display()),
+        )?;
+    }
+    Ok(())
+}
+
+fn make_device(rootfs: &Path, d: &DeviceNode) -> R<()> {
+    let rel = d.path.strip_prefix("/").unwrap_or(&d.path);
+    let path = rootfs.join(rel);
+    if let Some(parent) = path.parent() {
+        ctx(std::fs::create_dir_all(parent), || {
+            format!("mkdir {}", parent.display())
+        })?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let kind = match d.kind {
+        'b' => SFlag::S_IFBLK,
+        'p' => SFlag::S_IFIFO,
+        _ => SFlag::S_IFCHR,
+    };
+    let dev = nix::sys::stat::makedev(d.major, d.minor);
+    ctx(
+        nix::sys::stat::mknod(&path, kind, Mode::from_bits_truncate(d.mode), dev),
+        || format!("mknod {}", d.path.display()),
+    )?;
+    ctx(
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode)),
+        || format!("chmod {}", d.path.display()),
+    )?;
+    ctx(
+        std::os::unix::fs::chown(&path, Some(d.uid), Some(d.gid)),
+        || format!("chown {}", d.path.display()),
+    )
+}
+
+fn mask(p: &Path) -> R<()> {
+    let Ok(meta) = std::fs::metadata(p) else {
+        return Ok(());
+    };
+    let r = if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    ctx(r, || format!("masking {}", p.display()))
+}
+
+fn readonly(p: &Path) -> R<()> {
+    if std::fs::metadata(p).is_err() {
+        return Ok(());
+    }
+    ctx(
+        mount(
+            Some(p),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("read-only bind of {}", p.display()),
+    )?;
+    ctx(
+        mount(
+            None::<&str>,
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("read-only remount of {}", p.display()),
+    )
+}
+
+/// Finds the executable the way execvp would, inside the container.
+fn resolve(args0: &str, env: &[String]) -> R<PathBuf> {
+    let ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if args0.contains('/') {
+        let p = PathBuf::from(args0);
+        return if ok(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "executable {args0:?} not found or not executable in the container"
+            ))
+        };
+    }
+    for dir in path_of(env).split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(args0);
+        if ok(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "executable {args0:?} not found in $PATH ({}) of the container",
+        path_of(env)
+    ))
+}
+
+fn setup_terminal(p: &ProcessPlan) -> R<OwnedFd> {
+    let master = ctx(
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC),
+        || "opening /dev/ptmx".to_string(),
+    )?;
+    ctx(nix::pty::grantpt(&master), || "grantpt".to_string())?;
+    ctx(nix::pty::unlockpt(&master), || "unlockpt".to_string())?;
+    let name = ctx(nix::pty::ptsname_r(&master), || "ptsname".to_string())?;
+    let _ = nix::unistd::setsid();
+    let slave = ctx(
+        nix::fcntl::open(name.as_str(), OFlag::O_RDWR, Mode::empty()),
+        || format!("opening {name}"),
+    )?;
+    // SAFETY: TIOCSCTTY on a tty fd we own; integer argument.
+    unsafe {
+        libc::ioctl(slave, libc::TIOCSCTTY, 0);
+    }
+    if let Some((rows, cols)) = p.console_size {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize that lives on this frame.
+        unsafe {
+            libc::ioctl(slave, libc::TIOCSWINSZ, &ws);
+        }
+    }
+    for fd in 0..3 {
+        ctx(nix::unistd::dup2(slave, fd), || "dup2 pty".to_string())?;
+    }
+    if slave > 2 {
+        let _ = nix::unistd::close(slave);
+    }
+    // posix_openpt gives a PtyMaster; keep it as a plain fd.
+    // SAFETY: into_raw_fd hands over ownership of a valid fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) })
+}
+
+/// Terminal, oom score, rlimits, cwd, user, capabilities, umask; then
+/// Ready. Returns the executable's path.
+fn setup_process(p: &ProcessPlan, init: bool, sock: RawFd) -> R<(PathBuf, Vec<String>)> {
+    let master = if p.terminal {
+        Some(setup_terminal(p)?)
+    } else {
+        if init {
+            let _ = nix::unistd::setsid();
+        }
+        None
+    };
+    if let Some(adj) = p.oom_score_adj {
+        ctx(
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string()),
+            || "oom_score_adj".to_string(),
+        )?;
+    }
+    for &(res, soft, hard) in &p.rlimits {
+        let rl = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads an rlimit on this frame.
+        if unsafe { libc::setrlimit(res as libc::__rlimit_resource_t, &rl) } != 0 {
+            return Err(format!(
+                "setrlimit {res}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if init {
+        // As runc: the init's cwd is created when the image lacks it.
+        let _ = std::fs::create_dir_all(&p.cwd);
+    }
+    ctx(nix::unistd::chdir(&p.cwd), || {
+        format!("cwd {}", p.cwd.display())
+    })?;
+    let exe = resolve(&p.args[0], &p.env)?;
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        env.push(format!("HOME={}", home_of(&passwd, p.uid)));
+    }
+    if let Some(c) = &p.caps {
+        ctx(caps::drop_bounding(c.bounding), || {
+            "dropping bounding capabilities".to_string()
+        })?;
+    }
+    // Keep the permitted set across the uid change only when the spec
+    // says which capabilities the process gets.
+    if p.caps.is_some() {
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        }
+    }
+    let gids: Vec<nix::unistd::Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    ctx(nix::unistd::setgroups(&gids), || "setgroups".to_string())?;
+    let gid = nix::unistd::Gid::from_raw(p.gid);
+    ctx(nix::unistd::setresgid(gid, gid, gid), || {
+        format!("setgid {}", p.gid)
+    })?;
+    let uid = nix::unistd::Uid::from_raw(p.uid);
+    ctx(nix::unistd::setresuid(uid, uid, uid), || {
+        format!("setuid {}", p.uid)
+    })?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    }
+    if let Some(c) = &p.caps {
+        ctx(caps::apply(c), || "setting capabilities".to_string())?;
+    }
+    if p.no_new_privileges {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+        }
+    }
+    nix::sys::stat::umask(Mode::from_bits_truncate(p.umask.unwrap_or(0o022)));
+    send(sock, &Msg::Ready, master.as_ref().map(|m| m.as_raw_fd())).map_err(|e| e.to_string())?;
+    drop(master);
+    Ok((exe, env))
+}
+
+fn exec(sock: RawFd, p: &ProcessPlan, exe: PathBuf, env: &[String]) -> R<Infallible> {
+    match recv(sock) {
+        Ok(Some((Msg::Start, _))) => {}
+        Ok(None) => std::process::exit(1),
+        Ok(Some((other, _))) => return Err(format!("expected Start, got {other:?}")),
+        Err(e) => return Err(e.to_string()),
+    }
+    let cstr = |s: &[u8]| CString::new(s).map_err(|_| "NUL byte in args or env".to_string());
+    let path = cstr(exe.as_os_str().as_bytes())?;
+    let args = p
+        .args
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<R<Vec<_>>>()?;
+    let env = env
+        .iter()
+        .map(|e| cstr(e.as_bytes()))
+        .collect::<R<Vec<_>>>()?;
+    // The Rust runtime ignores SIGPIPE; the container gets defaults.
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: resetting a signal disposition to SIG_DFL.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // The sync socket closes at exec: EOF tells the agent the exec worked.
+    let _ = nix::fcntl::fcntl(
+        sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let e = nix::unistd::execve(&path, &args, &env).err();
+    let e = e.map(|e| e.to_string()).unwrap_or_default();
+    let _ = send(
+        sock,
+        &Msg::Error {
+            message: format!("exec {}: {e}", exe.display()),
+        },
+        None,
+    );
+    std::process::exit(127);
+}
+
+/// The home directory of `uid` in an /etc/passwd text, or `/`.
+pub fn home_of(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+        })
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_passwd_or_defaults_to_root_dir() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nbad line\nwww:x:33:33::/var/www:/sbin/nologin\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 33), "/var/www");
+        assert_eq!(home_of(passwd, 1000), "/");
+        assert_eq!(home_of("", 0), "/");
+    }
+}

@@ -1,0 +1,988 @@
+//! Containers and their processes in the guest.
+
+pub mod caps;
+pub mod cgroup;
+pub mod helper;
+pub mod mounts;
+pub mod process;
+pub mod rootfs;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ampoule_agent_api as api;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_vsock::VsockStream;
+
+use crate::reaper::{Exit, Reaper};
+use crate::stdio::{pump_input, pump_output, valid_id, FdStream, Router, StreamKey, StreamKind};
+use crate::syscall::Linux;
+use process::{ChildStdio, CreateSetup, HelperConfig, NsPlan, Setup};
+
+/// How long a helper may take to get a process ready (TCG guests are slow).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an exec after Start may take to report its outcome.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    #[error("process {exec_id:?} of container {container_id:?} not found")]
+    ProcessNotFound {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<rootfs::RootfsError> for ContainerError {
+    fn from(e: rootfs::RootfsError) -> Self {
+        match e {
+            rootfs::RootfsError::NoDevice(_)
+            | rootfs::RootfsError::NoLayers
+            | rootfs::RootfsError::BadSerial(_) => ContainerError::InvalidArgument(e.to_string()),
+            rootfs::RootfsError::Mount { .. } => ContainerError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<cgroup::CgroupError> for ContainerError {
+    fn from(e: cgroup::CgroupError) -> Self {
+        match e {
+            cgroup::CgroupError::File { .. } => ContainerError::Internal(e.to_string()),
+            _ => ContainerError::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
+impl From<process::ProcessError> for ContainerError {
+    fn from(e: process::ProcessError) -> Self {
+        match e {
+            process::ProcessError::Sys { .. } => ContainerError::Internal(e.to_string()),
+            // Helper failures are mostly the spec's doing (binary not found,
+            // bad cwd, bad mount): report them as the caller's.
+            _ => ContainerError::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
+impl From<mounts::MountError> for ContainerError {
+    fn from(e: mounts::MountError) -> Self {
+        ContainerError::InvalidArgument(e.to_string())
+    }
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+    move |e| ContainerError::Internal(format!("{what}: {e}"))
+}
+
+/// One process of a container (its init or an exec).
+pub struct Process {
+    pub pid: i32,
+    exit: watch::Receiver<Option<Exit>>,
+    outputs: Vec<watch::Receiver<bool>>,
+    stdin_close: Mutex<Option<oneshot::Sender<()>>>,
+    pty: Option<OwnedFd>,
+    /// The sync socket of a process held before exec (init until Start).
+    sync: Mutex<Option<OwnedFd>>,
+    oom_base: u64,
+}
+
+impl Process {
+    pub fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+}
+
+pub struct Container {
+    pub id: String,
+    rootfs: rootfs::Plan,
+    cgroup: PathBuf,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    started: Mutex<bool>,
+    oom_task: tokio::task::AbortHandle,
+    /// OOM kills already reported as events.
+    oom_reported: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Container {
+    pub fn phase(&self) -> Phase {
+        if self.init.exited().is_some() {
+            Phase::Stopped
+        } else if *lock(&self.started) {
+            Phase::Running
+        } else {
+            Phase::Created
+        }
+    }
+
+    fn process(&self, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&self.init));
+        }
+        lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::ProcessNotFound {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The agent-side ends of a new process's stdio.
+struct StdioEnds {
+    child: ChildStdio,
+    stdin_w: Option<OwnedFd>,
+    stdout_r: Option<OwnedFd>,
+    stderr_r: Option<OwnedFd>,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ContainerError::Internal(format!("pipe: {e}")))
+}
+
+fn stdio_ends(want: &api::StdioConfig, terminal: bool) -> Result<StdioEnds, ContainerError> {
+    let mut ends = StdioEnds {
+        child: ChildStdio {
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+        },
+        stdin_w: None,
+        stdout_r: None,
+        stderr_r: None,
+    };
+    if terminal {
+        return Ok(ends);
+    }
+    if want.stdin {
+        let (r, w) = pipe()?;
+        ends.child.stdin = Stdio::from(r);
+        ends.stdin_w = Some(w);
+    }
+    if want.stdout {
+        let (r, w) = pipe()?;
+        ends.child.stdout = Stdio::from(w);
+        ends.stdout_r = Some(r);
+    }
+    if want.stderr {
+        let (r, w) = pipe()?;
+        ends.child.stderr = Stdio::from(w);
+        ends.stderr_r = Some(r);
+    }
+    Ok(ends)
+}
+
+/// Maps OCI namespaces to clone flags; user namespaces are refused.
+pub fn namespace_plan(
+    namespaces: &[oci_spec::runtime::LinuxNamespace],
+) -> Result<Vec<NsPlan>, ContainerError> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let flag = match ns.typ() {
+            T::Mount => libc::CLONE_NEWNS,
+            T::Pid => libc::CLONE_NEWPID,
+            T::Network => libc::CLONE_NEWNET,
+            T::Ipc => libc::CLONE_NEWIPC,
+            T::Uts => libc::CLONE_NEWUTS,
+            T::Cgroup => libc::CLONE_NEWCGROUP,
+            T::User => {
+                return Err(ContainerError::InvalidArgument(
+                    "user namespaces are not supported by the Ampoule agent".into(),
+                ))
+            }
+            other => {
+                return Err(ContainerError::InvalidArgument(format!(
+                    "namespace {other:?} is not supported by the Ampoule agent"
+                )))
+            }
+        };
+        out.push(NsPlan {
+            flag,
+            path: ns.path().clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn container_paths(list: &Option<Vec<String>>) -> Result<Vec<PathBuf>, ContainerError> {
+    let mut out = Vec::new();
+    for p in list.iter().flatten() {
+        let rel = mounts::clean_relative(Path::new(p)).ok_or_else(|| {
+            ContainerError::InvalidArgument(format!("path {p:?} must be absolute without `..`"))
+        })?;
+        out.push(Path::new("/").join(rel));
+    }
+    Ok(out)
+}
+
+/// Everything about the containers of this sandbox.
+pub struct Manager {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    creating: Mutex<HashSet<String>>,
+    reaper: Arc<Reaper>,
+    router: Arc<Router<VsockStream>>,
+    oom_tx: mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Manager {
+    pub fn new(reaper: Arc<Reaper>, router: Arc<Router<VsockStream>>) -> Manager {
+        let (oom_tx, oom_rx) = mpsc::unbounded_channel();
+        Manager {
+            containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            reaper,
+            router,
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))
+    }
+
+    fn check_id(what: &str, id: &str) -> Result<(), ContainerError> {
+        if valid_id(id) {
+            Ok(())
+        } else {
+            Err(ContainerError::InvalidArgument(format!(
+                "invalid {what} {id:?}: 1-128 of [A-Za-z0-9_.-]"
+            )))
+        }
+    }
+
+    pub async fn create(&self, req: api::CreateContainerRequest) -> Result<u32, ContainerError> {
+        let id = req.container_id.clone();
+        Self::check_id("container id", &id)?;
+        {
+            let containers = lock(&self.containers);
+            let mut creating = lock(&self.creating);
+            if containers.contains_key(&id) || !creating.insert(id.clone()) {
+                return Err(ContainerError::Exists(format!("container {id:?}")));
+            }
+        }
+        let r = self.create_inner(&req).await;
+        lock(&self.creating).remove(&id);
+        match r {
+            Ok(c) => {
+                let pid = c.init.pid as u32;
+                lock(&self.containers).insert(id, c);
+                Ok(pid)
+            }
+            Err(e) => {
+                self.router.forget_container(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_inner(
+        &self,
+        req: &api::CreateContainerRequest,
+    ) -> Result<Arc<Container>, ContainerError> {
+        let id = req.container_id.clone();
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.oci_spec)
+            .map_err(|e| ContainerError::InvalidArgument(format!("config.json: {e}")))?;
+        let oci_process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| ContainerError::InvalidArgument("config.json has no process".into()))?;
+        let pplan = process::plan(oci_process)?;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let namespaces = namespace_plan(linux.namespaces().as_deref().unwrap_or(&[]))?;
+        let devices = mounts::spec_devices(linux.devices().as_deref().unwrap_or(&[]))?;
+        let masked_paths = container_paths(linux.masked_paths())?;
+        let readonly_paths = container_paths(linux.readonly_paths())?;
+        let readonly_root = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+        let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
+        if (hostname.is_some() || domainname.is_some())
+            && !namespaces.iter().any(|n| n.flag == libc::CLONE_NEWUTS)
+        {
+            // As runc: without its own UTS namespace it would rename the guest.
+            return Err(ContainerError::InvalidArgument(
+                "hostname/domainname need a uts namespace in linux.namespaces".into(),
+            ));
+        }
+        let resources = linux.resources().clone();
+        let writes = match &resources {
+            Some(r) => cgroup::resource_writes(r)?,
+            None => Vec::new(),
+        };
+        let sysctl: Vec<(String, String)> = linux
+            .sysctl()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+
+        // Drives: found by serial; may wait briefly, so off the async threads.
+        let layers = req.rootfs_layers.clone();
+        let binds = req
+            .bind_sources
+            .clone()
+            .into_option()
+            .filter(|b| !b.serial.is_empty());
+        let (drives, bind_drive) = tokio::task::spawn_blocking(move || {
+            let sys_block = Path::new("/sys/block");
+            let to_drive = |b: &api::BlockDevice| -> Result<rootfs::Drive, rootfs::RootfsError> {
+                Ok(rootfs::Drive {
+                    device: rootfs::find_device(sys_block, &b.serial)?,
+                    fstype: if b.fstype.is_empty() {
+                        "erofs".into()
+                    } else {
+                        b.fstype.clone()
+                    },
+                    options: b.options.clone(),
+                })
+            };
+            let drives = layers.iter().map(to_drive).collect::<Result<Vec<_>, _>>()?;
+            let bind_drive = binds.as_ref().map(to_drive).transpose()?;
+            Ok::<_, rootfs::RootfsError>((drives, bind_drive))
+        })
+        .await
+        .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        tracing::debug!(container = %id, uptime_ms = crate::sysinfo::uptime_ms(), ?drives, "drives found");
+        let rplan = rootfs::plan(&id, &drives, bind_drive.as_ref())?;
+        let steps = mounts::plan(
+            spec.mounts().as_deref().unwrap_or(&[]),
+            &rplan.rootfs,
+            rplan.binds.as_deref(),
+        )?;
+        let populate_dev = mounts::mounts_dev(&steps, &rplan.rootfs);
+        let cg = cgroup::container_dir(&id);
+        let cfg = HelperConfig {
+            setup: Setup::Create(Box::new(CreateSetup {
+                rootfs: rplan.rootfs.clone(),
+                mounts: steps,
+                populate_dev,
+                devices,
+                namespaces,
+                hostname,
+                domainname,
+                masked_paths,
+                readonly_paths,
+                readonly_root,
+                sysctl,
+            })),
+            cgroup: Some(cg.clone()),
+            process: pplan.clone(),
+        };
+
+        // Mount, cgroup, helper; undo on failure.
+        let rp = rplan.clone();
+        tokio::task::spawn_blocking(move || rootfs::mount(&Linux, &rp))
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        tracing::debug!(container = %id, uptime_ms = crate::sysinfo::uptime_ms(), "rootfs mounted");
+        let made = async {
+            std::fs::create_dir_all(&cg).map_err(internal("creating the container cgroup"))?;
+            cgroup::apply(&Linux, &cg, &writes)?;
+            self.spawn_process(&id, "", cfg, &req.stdio, &cg).await
+        }
+        .await;
+        // OOM kills counted before the container existed are not its own.
+        let oom_reported = Arc::new(AtomicU64::new(cgroup::oom_kills(&Linux, &cg)));
+        let init = match made {
+            Ok(p) => p,
+            Err(e) => {
+                let rp = rplan.clone();
+                let cgc = cg.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    kill_cgroup(&cgc);
+                    remove_cgroup(&cgc);
+                    rootfs::unmount(&Linux, &rp);
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        let oom_task = tokio::spawn(watch_oom(
+            id.clone(),
+            cg.clone(),
+            Arc::clone(&oom_reported),
+            self.oom_tx.clone(),
+        ))
+        .abort_handle();
+        tracing::info!(container = %id, pid = init.pid, "container created");
+        Ok(Arc::new(Container {
+            id,
+            rootfs: rplan,
+            cgroup: cg,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            started: Mutex::new(false),
+            oom_task,
+            oom_reported,
+        }))
+    }
+
+    /// Launches a helper for a process and wires its stdio.
+    async fn spawn_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        cfg: HelperConfig,
+        want: &protobuf::MessageField<api::StdioConfig>,
+        cg: &Path,
+    ) -> Result<Arc<Process>, ContainerError> {
+        let want = want.clone().unwrap_or_default();
+        let terminal = cfg.process.terminal;
+        let ends = stdio_ends(&want, terminal)?;
+        let reaper = Arc::clone(&self.reaper);
+        let oom_base = cgroup::oom_kills(&Linux, cg);
+        let child = ends.child;
+        let launched = tokio::task::spawn_blocking(move || {
+            process::launch(&reaper, cfg, child, READY_TIMEOUT)
+        })
+        .await
+        .map_err(|e| ContainerError::Internal(e.to_string()))??;
+
+        let key = |kind| StreamKey::new(container_id, exec_id, kind);
+        let mut outputs = Vec::new();
+        let mut stdin_close = None;
+        let out = |src: OwnedFd,
+                   kind,
+                   wanted: bool,
+                   outputs: &mut Vec<watch::Receiver<bool>>|
+         -> Result<(), ContainerError> {
+            let (done_tx, done_rx) = watch::channel(false);
+            let stream = FdStream::new(src).map_err(internal("stdio"))?;
+            let conn = if wanted {
+                self.router.expect(key(kind))
+            } else {
+                oneshot::channel().1
+            };
+            tokio::spawn(pump_output(stream, conn, done_tx));
+            outputs.push(done_rx);
+            Ok(())
+        };
+        let mut input = |sink: OwnedFd| -> Result<(), ContainerError> {
+            let (tx, rx) = oneshot::channel();
+            let stream = FdStream::new(sink).map_err(internal("stdio"))?;
+            tokio::spawn(pump_input(
+                self.router.expect(key(StreamKind::Stdin)),
+                stream,
+                rx,
+            ));
+            stdin_close = Some(tx);
+            Ok(())
+        };
+        let mut pty = None;
+        if terminal {
+            let master = launched.pty_master.ok_or_else(|| {
+                ContainerError::Internal("terminal requested but no pty came back".into())
+            })?;
+            let dup = || master.try_clone().map_err(internal("dup pty"));
+            out(dup()?, StreamKind::Stdout, want.stdout, &mut outputs)?;
+            if want.stdin {
+                input(dup()?)?;
+            }
+            pty = Some(master);
+        } else {
+            if let Some(r) = ends.stdout_r {
+                out(r, StreamKind::Stdout, true, &mut outputs)?;
+            }
+            if let Some(r) = ends.stderr_r {
+                out(r, StreamKind::Stderr, true, &mut outputs)?;
+            }
+            if let Some(w) = ends.stdin_w {
+                input(w)?;
+            }
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit = launched.exit;
+        let (cid, eid, pid) = (container_id.to_string(), exec_id.to_string(), launched.pid);
+        tokio::spawn(async move {
+            if let Ok(e) = exit.await {
+                tracing::info!(container = %cid, exec = %eid, pid, status = e.status(), "process exited");
+                let _ = exit_tx.send(Some(e));
+            }
+        });
+        Ok(Arc::new(Process {
+            pid: launched.pid,
+            exit: exit_rx,
+            outputs,
+            stdin_close: Mutex::new(stdin_close),
+            pty,
+            sync: Mutex::new(Some(launched.sync)),
+            oom_base,
+        }))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        if c.phase() != Phase::Created {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id:?} is {:?}, not created",
+                c.phase()
+            )));
+        }
+        let sync = lock(&c.init.sync).take().ok_or_else(|| {
+            ContainerError::FailedPrecondition(format!("container {id:?} is already starting"))
+        })?;
+        tokio::task::spawn_blocking(move || process::start(&sync, START_TIMEOUT))
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        *lock(&c.started) = true;
+        tracing::info!(container = %id, "container started");
+        Ok(())
+    }
+
+    pub async fn exec(&self, req: api::ExecProcessRequest) -> Result<u32, ContainerError> {
+        let c = self.get(&req.container_id)?;
+        Self::check_id("exec id", &req.exec_id)?;
+        if c.phase() != Phase::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {:?} is {:?}, not running",
+                c.id,
+                c.phase()
+            )));
+        }
+        if lock(&c.execs).contains_key(&req.exec_id) {
+            return Err(ContainerError::Exists(format!("exec {:?}", req.exec_id)));
+        }
+        let oci = process::parse(&req.process)?;
+        let pplan = process::plan(&oci)?;
+        let cfg = HelperConfig {
+            setup: Setup::Exec {
+                init_pid: c.init.pid,
+            },
+            cgroup: Some(c.cgroup.clone()),
+            process: pplan,
+        };
+        let p = self
+            .spawn_process(&c.id, &req.exec_id, cfg, &req.stdio, &c.cgroup)
+            .await
+            .inspect_err(|_| self.router.forget_process(&c.id, &req.exec_id))?;
+        let sync = lock(&p.sync).take();
+        if let Some(sync) = sync {
+            tokio::task::spawn_blocking(move || process::start(&sync, START_TIMEOUT))
+                .await
+                .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        }
+        lock(&c.execs).insert(req.exec_id.clone(), Arc::clone(&p));
+        Ok(p.pid as u32)
+    }
+
+    pub fn signal(&self, req: &api::SignalProcessRequest) -> Result<(), ContainerError> {
+        let c = self.get(&req.container_id)?;
+        let sig = if req.signal == 0 {
+            None
+        } else {
+            Some(Signal::try_from(req.signal as i32).map_err(|_| {
+                ContainerError::InvalidArgument(format!("invalid signal {}", req.signal))
+            })?)
+        };
+        if req.all {
+            if sig == Some(Signal::SIGKILL) {
+                kill_cgroup(&c.cgroup);
+            }
+            for pid in cgroup::procs(&Linux, &c.cgroup) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+            return Ok(());
+        }
+        let p = c.process(&req.exec_id)?;
+        if p.exited().is_some() {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "process {:?} of container {:?} has already exited",
+                req.exec_id, c.id
+            )));
+        }
+        nix::sys::signal::kill(Pid::from_raw(p.pid), sig)
+            .map_err(|e| ContainerError::Internal(format!("kill {}: {e}", p.pid)))
+    }
+
+    pub async fn wait(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<api::WaitProcessResponse, ContainerError> {
+        let c = self.get(container_id)?;
+        let p = c.process(exec_id)?;
+        let mut exit_rx = p.exit.clone();
+        let exit = match exit_rx.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.unwrap_or(Exit::Code(255)),
+            Err(_) => Exit::Code(255),
+        };
+        for o in &p.outputs {
+            let mut o = o.clone();
+            let _ = o.wait_for(|d| *d).await;
+        }
+        // Killed by the OOM killer itself (SIGKILL), or a shell reporting
+        // its OOM-killed child (exit 137), while the cgroup counted a kill.
+        let oom_killed = exit.status() == 128 + libc::SIGKILL
+            && cgroup::oom_kills(&Linux, &c.cgroup) > p.oom_base;
+        Ok(api::WaitProcessResponse {
+            exit_status: exit.status(),
+            signal: exit.signal(),
+            oom_killed,
+            ..Default::default()
+        })
+    }
+
+    pub fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), ContainerError> {
+        let p = self.get(container_id)?.process(exec_id)?;
+        if let Some(tx) = lock(&p.stdin_close).take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, req: &api::ResizeTtyRequest) -> Result<(), ContainerError> {
+        let p = self.get(&req.container_id)?.process(&req.exec_id)?;
+        let pty = p.pty.as_ref().ok_or_else(|| {
+            ContainerError::FailedPrecondition(format!("process {:?} has no terminal", req.exec_id))
+        })?;
+        let ws = libc::winsize {
+            ws_row: req.rows.min(u16::MAX as u32) as u16,
+            ws_col: req.cols.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on the pty master we own, reading `ws` from
+        // this frame.
+        let r = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if r != 0 {
+            return Err(ContainerError::Internal(format!(
+                "resize: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn list_processes(&self, id: &str) -> Result<api::ListProcessesResponse, ContainerError> {
+        let c = self.get(id)?;
+        let mut known: HashMap<i32, String> = HashMap::new();
+        known.insert(c.init.pid, String::new());
+        for (eid, p) in lock(&c.execs).iter() {
+            known.insert(p.pid, eid.clone());
+        }
+        let mut resp = api::ListProcessesResponse::default();
+        for pid in cgroup::procs(&Linux, &c.cgroup) {
+            let args = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    b.split(|c| *c == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            resp.processes.push(api::ProcessInfo {
+                pid: pid as u32,
+                exec_id: known.get(&pid).cloned().unwrap_or_default(),
+                args,
+                ..Default::default()
+            });
+        }
+        Ok(resp)
+    }
+
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        if c.phase() == Phase::Stopped {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id:?} is stopped"
+            )));
+        }
+        let value = if frozen { "1" } else { "0" };
+        std::fs::write(c.cgroup.join("cgroup.freeze"), value).map_err(internal("cgroup.freeze"))?;
+        let want = format!("frozen {value}");
+        for _ in 0..200 {
+            let events =
+                std::fs::read_to_string(c.cgroup.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(ContainerError::Internal(format!(
+            "container {id:?} did not reach {want:?}"
+        )))
+    }
+
+    pub fn update(&self, id: &str, resources: &[u8]) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        let res = cgroup::parse_resources(resources)?;
+        let writes = cgroup::resource_writes(&res)?;
+        cgroup::apply(&Linux, &c.cgroup, &writes)?;
+        Ok(())
+    }
+
+    pub fn stats(&self, id: &str) -> Result<api::StatsResponse, ContainerError> {
+        let c = self.get(id)?;
+        let read = |f: &str| std::fs::read_to_string(c.cgroup.join(f)).unwrap_or_default();
+        let single = |f: &str| cgroup::parse_single(&read(f)).unwrap_or(0);
+        let cpu = cgroup::parse_flat_keyed(&read("cpu.stat"));
+        let events = cgroup::parse_flat_keyed(&read("memory.events"));
+        let g = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        Ok(api::StatsResponse {
+            cpu_usage_usec: g(&cpu, "usage_usec"),
+            cpu_user_usec: g(&cpu, "user_usec"),
+            cpu_system_usec: g(&cpu, "system_usec"),
+            cpu_nr_periods: g(&cpu, "nr_periods"),
+            cpu_nr_throttled: g(&cpu, "nr_throttled"),
+            cpu_throttled_usec: g(&cpu, "throttled_usec"),
+            memory_usage: single("memory.current"),
+            memory_limit: single("memory.max"),
+            memory_swap_usage: single("memory.swap.current"),
+            memory_swap_limit: single("memory.swap.max"),
+            memory_stat: cgroup::parse_flat_keyed(&read("memory.stat")),
+            pids_current: single("pids.current"),
+            pids_limit: single("pids.max"),
+            oom_events: g(&events, "oom"),
+            oom_kill_events: g(&events, "oom_kill"),
+            ..Default::default()
+        })
+    }
+
+    pub async fn next_oom_event(&self) -> Result<String, ContainerError> {
+        self.oom_rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| ContainerError::Internal("OOM event channel closed".into()))
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        if c.phase() == Phase::Running && !force {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id:?} is running: stop it first or delete with force"
+            )));
+        }
+        lock(&self.containers).remove(id);
+        c.oom_task.abort();
+        // An OOM kill just before the delete still gets its event.
+        report_oom(&Linux, &c.id, &c.cgroup, &c.oom_reported, &self.oom_tx);
+        // Kill everything, wait (bounded) for init, then undo mounts/cgroup.
+        kill_cgroup(&c.cgroup);
+        if c.init.exited().is_none() {
+            // Not reaped yet, so the pid cannot have been reused.
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.init.pid), Signal::SIGKILL);
+        }
+        let mut exit = c.init.exit.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some())).await;
+        for p in std::iter::once(Arc::clone(&c.init)).chain(lock(&c.execs).values().cloned()) {
+            if let Some(tx) = lock(&p.stdin_close).take() {
+                let _ = tx.send(());
+            }
+        }
+        let cg = c.cgroup.clone();
+        let plan = c.rootfs.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_cgroup(&cg);
+            rootfs::unmount(&Linux, &plan);
+        })
+        .await
+        .map_err(|e| ContainerError::Internal(e.to_string()))?;
+        self.router.forget_container(id);
+        tracing::info!(container = %id, "container deleted");
+        Ok(())
+    }
+
+    /// Ids of the containers (for logs and shutdown).
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.containers).keys().cloned().collect()
+    }
+}
+
+/// SIGKILL to every process of a cgroup (cgroup.kill, or one by one).
+fn kill_cgroup(cg: &Path) {
+    if std::fs::write(cg.join("cgroup.kill"), "1").is_err() {
+        for pid in cgroup::procs(&Linux, cg) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// rmdir of a cgroup, retried while its killed processes go away.
+fn remove_cgroup(cg: &Path) {
+    for _ in 0..100 {
+        match std::fs::remove_dir(cg) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    tracing::warn!(cgroup = %cg.display(), "cgroup still busy; left behind");
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Sends one OOM event for `id` if its cgroup counted more OOM kills than
+/// `reported` says were already reported.
+fn report_oom(
+    sys: &dyn crate::syscall::Syscall,
+    id: &str,
+    cg: &Path,
+    reported: &AtomicU64,
+    tx: &mpsc::UnboundedSender<String>,
+) {
+    let now = cgroup::oom_kills(sys, cg);
+    let before = reported.fetch_max(now, Ordering::SeqCst);
+    if now > before {
+        tracing::warn!(container = %id, oom_kills = now, "OOM kill in container");
+        let _ = tx.send(id.to_string());
+    }
+}
+
+/// Reports OOM kills of a container as they happen: inotify on its
+/// memory.events (the kernel signals a modification on every event), with
+/// a check right after the watch is in place so nothing before it is lost.
+async fn watch_oom(
+    id: String,
+    cg: PathBuf,
+    reported: Arc<AtomicU64>,
+    tx: mpsc::UnboundedSender<String>,
+) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let events = cg.join("memory.events");
+    let Ok(ino) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+        return;
+    };
+    if ino.add_watch(&events, AddWatchFlags::IN_MODIFY).is_err() {
+        return;
+    }
+    // SAFETY: the AsyncFd owns the Inotify, whose fd stays open and the
+    // same until the AsyncFd is dropped.
+    let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(ino)) }) else {
+        return;
+    };
+    loop {
+        report_oom(&Linux, &id, &cg, &reported, &tx);
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let _ = guard.get_inner().0.read_events();
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_map_to_clone_flags_and_user_ns_is_refused() {
+        let ns: Vec<oci_spec::runtime::LinuxNamespace> = serde_json::from_str(
+            r#"[{"type":"pid"},{"type":"network","path":"/proc/1/ns/net"},{"type":"mount"},{"type":"ipc"},{"type":"uts"},{"type":"cgroup"}]"#,
+        )
+        .expect("ns");
+        let p = namespace_plan(&ns).expect("plan");
+        assert_eq!(
+            p[0],
+            NsPlan {
+                flag: libc::CLONE_NEWPID,
+                path: None
+            }
+        );
+        assert_eq!(p[1].path.as_deref(), Some(Path::new("/proc/1/ns/net")));
+        assert_eq!(p.len(), 6);
+        let user: Vec<oci_spec::runtime::LinuxNamespace> =
+            serde_json::from_str(r#"[{"type":"user"}]"#).expect("ns");
+        assert!(matches!(
+            namespace_plan(&user),
+            Err(ContainerError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn stdio_pipes_exist_only_for_requested_streams_and_never_with_a_terminal() {
+        let want = api::StdioConfig {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            ..Default::default()
+        };
+        let e = stdio_ends(&want, false).expect("pipes");
+        assert!(e.stdin_w.is_some() && e.stdout_r.is_some() && e.stderr_r.is_none());
+        let e = stdio_ends(&want, true).expect("terminal");
+        assert!(e.stdin_w.is_none() && e.stdout_r.is_none() && e.stderr_r.is_none());
+        let e = stdio_ends(&api::StdioConfig::default(), false).expect("none");
+        assert!(e.stdin_w.is_none() && e.stdout_r.is_none() && e.stderr_r.is_none());
+    }
+
+    #[test]
+    fn each_new_oom_kill_is_reported_once() {
+        let rec = crate::syscall::Recording::default();
+        let cg = Path::new("/cg");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reported = AtomicU64::new(0);
+        rec.set_file("/cg/memory.events", "oom 1\noom_kill 1\n");
+        report_oom(&rec, "c", cg, &reported, &tx);
+        report_oom(&rec, "c", cg, &reported, &tx);
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("c"));
+        assert!(
+            rx.try_recv().is_err(),
+            "the same kill is not reported twice"
+        );
+        rec.set_file("/cg/memory.events", "oom 2\noom_kill 2\n");
+        report_oom(&rec, "c", cg, &reported, &tx);
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn unknown_namespace_types_fail_to_parse() {
+        let r: Result<Vec<oci_spec::runtime::LinuxNamespace>, _> =
+            serde_json::from_str(r#"[{"type":"bogus"}]"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn masked_paths_must_be_absolute_and_stay_inside() {
+        let ok = container_paths(&Some(vec!["/proc/kcore".into()])).expect("ok");
+        assert_eq!(ok, vec![PathBuf::from("/proc/kcore")]);
+        assert!(container_paths(&Some(vec!["/proc/../../x".into()])).is_err());
+        assert!(container_paths(&Some(vec!["proc".into()])).is_err());
+    }
+}
