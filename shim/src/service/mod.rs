@@ -1,0 +1,2 @@
+//! containerd's services implemented by the shim.
+pub mod task;
