@@ -27,6 +27,8 @@ pub enum CgroupError {
     BadUnifiedKey(String),
     #[error("linux.resources is not valid JSON: {0}")]
     Json(String),
+    #[error("linux.cgroupsPath {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -39,6 +41,103 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
 /// The cgroup directory of a container.
 pub fn container_dir(container_id: &str) -> PathBuf {
     Path::new(PARENT).join(container_id)
+}
+
+/// The cgroup directory of a container from OCI `linux.cgroupsPath`:
+/// a path (absolute or not) under the agent's cgroup root, without `..`; a
+/// systemd-style `slice:prefix:name` mapped as runc's systemd driver names
+/// it (`a-b.slice:cri:id` -> `a.slice/a-b.slice/cri-id.scope`); none or
+/// empty: `ampoule/<id>`.
+pub fn container_dir_for(id: &str, cgroups_path: Option<&Path>) -> Result<PathBuf, CgroupError> {
+    let Some(raw) = cgroups_path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(container_dir(id));
+    };
+    let text = raw.to_string_lossy();
+    let bad = |reason| CgroupError::BadPath {
+        path: text.to_string(),
+        reason,
+    };
+    let rel = if !text.starts_with('/') && text.contains(':') {
+        let parts: Vec<&str> = text.split(':').collect();
+        let [slice, prefix, name] = parts[..] else {
+            return Err(bad("systemd form is slice:prefix:name"));
+        };
+        if name.is_empty() || name.contains('/') || prefix.contains('/') {
+            return Err(bad("name and prefix must be non-empty file names"));
+        }
+        let mut rel = expand_slice(if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        })
+        .ok_or_else(|| bad("slice must be a name ending in .slice, without '/' or '--'"))?;
+        rel.push(if name.ends_with(".slice") {
+            name.to_string()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        });
+        rel
+    } else {
+        super::mounts::clean_relative(&Path::new("/").join(raw))
+            .ok_or_else(|| bad("must not contain `..`"))?
+    };
+    if rel.as_os_str().is_empty() {
+        return Err(bad("the root cgroup cannot be a container's cgroup"));
+    }
+    Ok(Path::new(ROOT).join(rel))
+}
+
+/// systemd's slice hierarchy: `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`,
+/// `-.slice` -> the root.
+fn expand_slice(slice: &str) -> Option<PathBuf> {
+    let base = slice.strip_suffix(".slice")?;
+    if slice.contains('/') {
+        return None;
+    }
+    if base == "-" {
+        return Some(PathBuf::new());
+    }
+    if base.is_empty() || base.starts_with('-') || base.ends_with('-') || base.contains("--") {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    let mut prefix = String::new();
+    for part in base.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        out.push(format!("{prefix}.slice"));
+    }
+    Some(out)
+}
+
+/// Creates a container's cgroup directory with our controllers enabled in
+/// every ancestor below the root (the root and `ampoule` are set up at
+/// boot).
+pub fn create_dir(sys: &dyn Syscall, dir: &Path) -> Result<(), CgroupError> {
+    sys.mkdir_all(dir).map_err(file_err(dir))?;
+    let root = Path::new(ROOT);
+    let avail_path = root.join("cgroup.controllers");
+    let avail = sys.read_to_string(&avail_path).unwrap_or_default();
+    let wanted = controllers_to_enable(&avail);
+    let mut ancestors: Vec<&Path> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|a| *a != root && a.starts_with(root))
+        .collect();
+    ancestors.reverse();
+    for a in ancestors {
+        let ctl = a.join("cgroup.subtree_control");
+        for c in &wanted {
+            if let Err(e) = sys.write_file(&ctl, &format!("+{c}")) {
+                tracing::debug!(controller = c, path = %ctl.display(), error = %e, "enabling cgroup controller");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which of our controllers `cgroup.controllers` offers.
@@ -371,5 +470,91 @@ mod tests {
         assert_eq!(oom_kills(&rec, Path::new("/none")), 0);
         assert_eq!(parse_single("max\n"), Some(u64::MAX));
         assert_eq!(parse_single("42\n"), Some(42));
+    }
+
+    #[test]
+    fn cgroups_path_defaults_to_ampoule_id_and_accepts_paths_under_the_root() {
+        assert_eq!(
+            container_dir_for("web", None).expect("none"),
+            Path::new("/sys/fs/cgroup/ampoule/web")
+        );
+        assert_eq!(
+            container_dir_for("web", Some(Path::new(""))).expect("empty"),
+            Path::new("/sys/fs/cgroup/ampoule/web")
+        );
+        assert_eq!(
+            container_dir_for("web", Some(Path::new("/pods/p1/web"))).expect("absolute"),
+            Path::new("/sys/fs/cgroup/pods/p1/web")
+        );
+        assert_eq!(
+            container_dir_for("web", Some(Path::new("pods/./web"))).expect("relative"),
+            Path::new("/sys/fs/cgroup/pods/web")
+        );
+    }
+
+    #[test]
+    fn cgroups_path_cannot_escape_or_be_the_root() {
+        for p in ["/../etc", "a/../../b", "/", "/."] {
+            assert!(
+                matches!(
+                    container_dir_for("web", Some(Path::new(p))),
+                    Err(CgroupError::BadPath { .. })
+                ),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn systemd_cgroups_path_maps_like_runc() {
+        let map = |p: &str| container_dir_for("id", Some(Path::new(p)));
+        assert_eq!(
+            map("kubepods-besteffort-pod12.slice:cri-containerd:abc").expect("k8s"),
+            Path::new(
+                "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-abc.scope"
+            )
+        );
+        assert_eq!(
+            map("machine.slice:libpod:abc").expect("podman"),
+            Path::new("/sys/fs/cgroup/machine.slice/libpod-abc.scope")
+        );
+        assert_eq!(
+            map(":ampoule:abc").expect("default slice"),
+            Path::new("/sys/fs/cgroup/system.slice/ampoule-abc.scope")
+        );
+        assert_eq!(
+            map("-.slice::abc").expect("root slice"),
+            Path::new("/sys/fs/cgroup/abc.scope")
+        );
+        for bad in [
+            "a:b",
+            "a.slice:b:c:d",
+            "a--b.slice:p:n",
+            "nodot:p:n",
+            "a.slice:p:",
+            "a.slice:p:../x",
+            "../a.slice:p:n",
+        ] {
+            assert!(
+                matches!(map(bad), Err(CgroupError::BadPath { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn creating_a_nested_cgroup_enables_controllers_in_each_ancestor() {
+        let rec = Recording::default();
+        rec.set_file("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids\n");
+        create_dir(&rec, Path::new("/sys/fs/cgroup/a.slice/b.scope")).expect("create");
+        let w = rec.writes();
+        assert!(w.contains(&(
+            PathBuf::from("/sys/fs/cgroup/a.slice/cgroup.subtree_control"),
+            "+memory".to_string()
+        )));
+        assert!(!w.iter().any(
+            |(p, _)| p == Path::new("/sys/fs/cgroup/cgroup.subtree_control")
+                || p.starts_with("/sys/fs/cgroup/a.slice/b.scope")
+        ));
     }
 }

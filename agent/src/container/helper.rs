@@ -24,6 +24,7 @@ use super::mounts::{default_devices, DeviceNode, MountStep, DEV_SYMLINKS};
 use super::process::{
     path_of, recv, send, CreateSetup, HelperConfig, Msg, NsPlan, ProcessPlan, Setup, SYNC_FD,
 };
+use super::seccomp;
 
 type R<T> = Result<T, String>;
 
@@ -47,6 +48,14 @@ fn run(sock: RawFd) -> R<Infallible> {
         Ok(Some((Msg::Config(c), _))) => *c,
         Ok(other) => return Err(format!("helper expected its config, got {other:?}")),
         Err(e) => return Err(format!("helper reading its config: {e}")),
+    };
+    // Compiled before anything changes; installed late (see Seccomp).
+    let filter = match &cfg.seccomp {
+        Some(plan) => Some(Seccomp {
+            prog: seccomp::compile(plan).map_err(|e| e.to_string())?,
+            flags: plan.flags,
+        }),
+        None => None,
     };
     // The process (not this helper) joins the cgroup, through a file opened
     // now, before the namespaces change what paths mean: the helper never
@@ -104,8 +113,23 @@ fn run(sock: RawFd) -> R<Infallible> {
     if let Setup::Create(c) = &cfg.setup {
         setup_container(c)?;
     }
-    let (exe, env) = setup_process(&cfg.process, init, sock)?;
-    exec(sock, &cfg.process, exe, &env)
+    let (exe, env) = setup_process(&cfg.process, init, sock, filter.as_ref())?;
+    exec(sock, &cfg.process, exe, &env, filter.as_ref())
+}
+
+/// The container's seccomp filter. As runc: without no_new_privs installing
+/// it needs CAP_SYS_ADMIN, so it goes in before the uid and capabilities
+/// change; with no_new_privs, as late as possible, right before execve, so
+/// that the helper's own syscalls are not filtered.
+struct Seccomp {
+    prog: Vec<libc::sock_filter>,
+    flags: u32,
+}
+
+impl Seccomp {
+    fn install(&self) -> R<()> {
+        seccomp::install(&self.prog, self.flags).map_err(|e| e.to_string())
+    }
 }
 
 /// A cgroup namespace for the process, entered after it joined its cgroup.
@@ -276,6 +300,16 @@ fn setup_container(setup: &CreateSetup) -> R<()> {
         "detaching the old root".to_string()
     })?;
     ctx(nix::unistd::chdir("/"), || "chdir /".to_string())?;
+    // As runc: sysctls (checked by the agent to be of the container's own
+    // namespaces) through the container's /proc, before /proc/sys is made
+    // read-only.
+    for (k, v) in sysctl {
+        if k.contains("..") {
+            return Err(format!("invalid sysctl {k:?}"));
+        }
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        ctx(std::fs::write(&path, v), || format!("sysctl {k}"))?;
+    }
     for p in masked_paths {
         mask(p)?;
     }
@@ -306,13 +340,6 @@ fn setup_container(setup: &CreateSetup) -> R<()> {
                 std::io::Error::last_os_error()
             ));
         }
-    }
-    for (k, v) in sysctl {
-        if k.contains("..") || k.contains('/') {
-            return Err(format!("invalid sysctl {k:?}"));
-        }
-        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-        ctx(std::fs::write(&path, v), || format!("sysctl {k}"))?;
     }
     Ok(())
 }
@@ -538,7 +565,12 @@ fn setup_terminal(p: &ProcessPlan) -> R<OwnedFd> {
 
 /// Terminal, oom score, rlimits, cwd, user, capabilities, umask; then
 /// Ready. Returns the executable's path.
-fn setup_process(p: &ProcessPlan, init: bool, sock: RawFd) -> R<(PathBuf, Vec<String>)> {
+fn setup_process(
+    p: &ProcessPlan,
+    init: bool,
+    sock: RawFd,
+    filter: Option<&Seccomp>,
+) -> R<(PathBuf, Vec<String>)> {
     let master = if p.terminal {
         Some(setup_terminal(p)?)
     } else {
@@ -578,6 +610,9 @@ fn setup_process(p: &ProcessPlan, init: bool, sock: RawFd) -> R<(PathBuf, Vec<St
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         env.push(format!("HOME={}", home_of(&passwd, p.uid)));
+    }
+    if let Some(f) = filter.filter(|_| !p.no_new_privileges) {
+        f.install()?;
     }
     if let Some(c) = &p.caps {
         ctx(caps::drop_bounding(c.bounding), || {
@@ -625,7 +660,13 @@ fn setup_process(p: &ProcessPlan, init: bool, sock: RawFd) -> R<(PathBuf, Vec<St
     Ok((exe, env))
 }
 
-fn exec(sock: RawFd, p: &ProcessPlan, exe: PathBuf, env: &[String]) -> R<Infallible> {
+fn exec(
+    sock: RawFd,
+    p: &ProcessPlan,
+    exe: PathBuf,
+    env: &[String],
+    filter: Option<&Seccomp>,
+) -> R<Infallible> {
     match recv(sock) {
         Ok(Some((Msg::Start, _))) => {}
         Ok(None) => std::process::exit(1),
@@ -662,6 +703,12 @@ fn exec(sock: RawFd, p: &ProcessPlan, exe: PathBuf, env: &[String]) -> R<Infalli
         sock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    if let Some(f) = filter.filter(|_| p.no_new_privileges) {
+        if let Err(e) = f.install() {
+            let _ = send(sock, &Msg::Error { message: e }, None);
+            std::process::exit(127);
+        }
+    }
     let e = nix::unistd::execve(&path, &args, &env).err();
     let e = e.map(|e| e.to_string()).unwrap_or_default();
     let _ = send(

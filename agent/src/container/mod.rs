@@ -6,6 +6,7 @@ pub mod helper;
 pub mod mounts;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -81,6 +82,12 @@ impl From<process::ProcessError> for ContainerError {
     }
 }
 
+impl From<seccomp::SeccompError> for ContainerError {
+    fn from(e: seccomp::SeccompError) -> Self {
+        ContainerError::InvalidArgument(e.to_string())
+    }
+}
+
 impl From<mounts::MountError> for ContainerError {
     fn from(e: mounts::MountError) -> Self {
         ContainerError::InvalidArgument(e.to_string())
@@ -113,6 +120,8 @@ pub struct Container {
     pub id: String,
     rootfs: rootfs::Plan,
     cgroup: PathBuf,
+    /// `linux.seccomp`, applied to the init and to every exec.
+    seccomp: Option<seccomp::Plan>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     started: Mutex<bool>,
@@ -235,6 +244,48 @@ pub fn namespace_plan(
     Ok(out)
 }
 
+/// As runc: only sysctls of a namespace the container has its own of
+/// (ipc: kernel.msg*/sem/shm*, fs.mqueue.*; net: net.*; uts: hostname,
+/// domainname), so a container never changes the guest's settings.
+pub fn check_sysctl(key: &str, namespaces: &[NsPlan]) -> Result<(), ContainerError> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let bad = |why: &str| ContainerError::InvalidArgument(format!("sysctl {key:?}: {why}"));
+    if key.is_empty()
+        || key.contains("..")
+        || key.starts_with(['.', '/'])
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(bad("not a sysctl name"));
+    }
+    let norm = key.replace('/', ".");
+    let has = |flag| namespaces.iter().any(|n| n.flag == flag);
+    let (flag, ns) = if IPC.contains(&norm.as_str()) || norm.starts_with("fs.mqueue.") {
+        (libc::CLONE_NEWIPC, "ipc")
+    } else if norm.starts_with("net.") {
+        (libc::CLONE_NEWNET, "network")
+    } else if norm == "kernel.hostname" || norm == "kernel.domainname" {
+        (libc::CLONE_NEWUTS, "uts")
+    } else {
+        return Err(bad("not in a separate kernel namespace"));
+    };
+    if has(flag) {
+        Ok(())
+    } else {
+        Err(bad(&format!("needs a {ns} namespace in linux.namespaces")))
+    }
+}
+
 fn container_paths(list: &Option<Vec<String>>) -> Result<Vec<PathBuf>, ContainerError> {
     let mut out = Vec::new();
     for p in list.iter().flatten() {
@@ -284,6 +335,33 @@ impl Manager {
                 "invalid {what} {id:?}: 1-128 of [A-Za-z0-9_.-]"
             )))
         }
+    }
+
+    /// A container's cgroup is its own: not another container's, above or
+    /// below it, nor a cgroup that already has processes (killing the
+    /// container kills everything in it).
+    fn check_cgroup_free(&self, cg: &Path) -> Result<(), ContainerError> {
+        let taken = lock(&self.containers)
+            .values()
+            .find(|c| c.cgroup.starts_with(cg) || cg.starts_with(&c.cgroup))
+            .map(|c| c.id.clone());
+        if let Some(other) = taken {
+            return Err(ContainerError::InvalidArgument(format!(
+                "cgroup {} overlaps the cgroup of container {other:?}",
+                cg.display()
+            )));
+        }
+        let busy = !cgroup::procs(&Linux, cg).is_empty()
+            || std::fs::read_dir(cg)
+                .map(|d| d.flatten().any(|e| e.path().is_dir()))
+                .unwrap_or(false);
+        if busy {
+            return Err(ContainerError::InvalidArgument(format!(
+                "cgroup {} is already in use",
+                cg.display()
+            )));
+        }
+        Ok(())
     }
 
     pub async fn create(&self, req: api::CreateContainerRequest) -> Result<u32, ContainerError> {
@@ -348,12 +426,28 @@ impl Manager {
             Some(r) => cgroup::resource_writes(r)?,
             None => Vec::new(),
         };
+        let seccomp = match linux.seccomp() {
+            Some(s) => {
+                let plan = seccomp::plan(s)?;
+                // Compiled here too, so that a bad profile fails CreateContainer
+                // with the reason rather than in the helper.
+                seccomp::compile(&plan)?;
+                if !plan.skipped.is_empty() {
+                    tracing::debug!(container = %id, skipped = ?plan.skipped, "seccomp: syscall names unknown on x86_64 skipped");
+                }
+                Some(plan)
+            }
+            None => None,
+        };
         let sysctl: Vec<(String, String)> = linux
             .sysctl()
             .clone()
             .unwrap_or_default()
             .into_iter()
             .collect();
+        for (key, _) in &sysctl {
+            check_sysctl(key, &namespaces)?;
+        }
 
         // Drives: found by serial; may wait briefly, so off the async threads.
         let layers = req.rootfs_layers.clone();
@@ -389,7 +483,8 @@ impl Manager {
             rplan.binds.as_deref(),
         )?;
         let populate_dev = mounts::mounts_dev(&steps, &rplan.rootfs);
-        let cg = cgroup::container_dir(&id);
+        let cg = cgroup::container_dir_for(&id, linux.cgroups_path().as_deref())?;
+        self.check_cgroup_free(&cg)?;
         let cfg = HelperConfig {
             setup: Setup::Create(Box::new(CreateSetup {
                 rootfs: rplan.rootfs.clone(),
@@ -406,6 +501,7 @@ impl Manager {
             })),
             cgroup: Some(cg.clone()),
             process: pplan.clone(),
+            seccomp: seccomp.clone(),
         };
 
         // Mount, cgroup, helper; undo on failure.
@@ -415,7 +511,7 @@ impl Manager {
             .map_err(|e| ContainerError::Internal(e.to_string()))??;
         tracing::debug!(container = %id, uptime_ms = crate::sysinfo::uptime_ms(), "rootfs mounted");
         let made = async {
-            std::fs::create_dir_all(&cg).map_err(internal("creating the container cgroup"))?;
+            cgroup::create_dir(&Linux, &cg)?;
             cgroup::apply(&Linux, &cg, &writes)?;
             self.spawn_process(&id, "", cfg, &req.stdio, &cg).await
         }
@@ -448,6 +544,7 @@ impl Manager {
             id,
             rootfs: rplan,
             cgroup: cg,
+            seccomp,
             init,
             execs: Mutex::new(HashMap::new()),
             started: Mutex::new(false),
@@ -589,6 +686,7 @@ impl Manager {
             },
             cgroup: Some(c.cgroup.clone()),
             process: pplan,
+            seccomp: c.seccomp.clone(),
         };
         let p = self
             .spawn_process(&c.id, &req.exec_id, cfg, &req.stdio, &c.cgroup)
@@ -911,6 +1009,42 @@ async fn watch_oom(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sysctls_of_the_containers_own_namespaces_are_accepted() {
+        let ns = |flags: &[i32]| -> Vec<NsPlan> {
+            flags
+                .iter()
+                .map(|&flag| NsPlan { flag, path: None })
+                .collect()
+        };
+        let all = ns(&[libc::CLONE_NEWNET, libc::CLONE_NEWIPC, libc::CLONE_NEWUTS]);
+        for ok in [
+            "net.ipv4.ip_forward",
+            "net/ipv4/ping_group_range",
+            "kernel.shmmax",
+            "fs.mqueue.msg_max",
+            "kernel.hostname",
+        ] {
+            assert!(check_sysctl(ok, &all).is_ok(), "{ok}");
+        }
+        for bad in [
+            "vm.swappiness",
+            "kernel.panic",
+            "net..x",
+            "../x",
+            "",
+            "net.a b",
+        ] {
+            assert!(check_sysctl(bad, &all).is_err(), "{bad:?}");
+        }
+        let no_net = ns(&[libc::CLONE_NEWIPC]);
+        let e = check_sysctl("net.ipv4.ip_forward", &no_net);
+        assert!(
+            matches!(e, Err(ContainerError::InvalidArgument(m)) if m.contains("network namespace"))
+        );
+        assert!(check_sysctl("kernel.sem", &ns(&[libc::CLONE_NEWNET])).is_err());
+    }
 
     #[test]
     fn namespaces_map_to_clone_flags_and_user_ns_is_refused() {

@@ -207,6 +207,9 @@ pub struct HelperConfig {
     /// cgroup directory to join.
     pub cgroup: Option<PathBuf>,
     pub process: ProcessPlan,
+    /// The container's `linux.seccomp`, for its init and every exec.
+    #[serde(default)]
+    pub seccomp: Option<super::seccomp::Plan>,
 }
 
 /// Messages on the sync socket.
