@@ -1114,6 +1114,92 @@ async fn smoke(uds: &str, serial: &str, binds: Option<&str>) -> Result<u32> {
             },
         )
         .await?;
+
+        // A read-only root (a CRI sandbox) whose image lacks the bind
+        // targets: /etc/resolv.conf (a file), /var/run/secrets/sa (a
+        // directory under missing parents), /run/pod/hosts (a file under
+        // missing parents) and the cwd /work are created before / turns
+        // read-only. Also an empty hostname without a uts namespace
+        // (host-network pods) is accepted.
+        let id = "ro-binds";
+        let st = attach(uds, id, "", false, true).await?;
+        let sp = spec(
+            &[
+                "sh",
+                "-c",
+                "cat /etc/resolv.conf /var/run/secrets/sa/token /run/pod/hosts; cd /work && pwd; touch /x 2>/dev/null || echo ro-root; touch /etc/y 2>/dev/null || echo ro-etc",
+            ],
+            false,
+            |v| {
+                v["root"]["readonly"] = json!(true);
+                v["hostname"] = json!("");
+                v["process"]["cwd"] = json!("/work");
+                v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]);
+                if let Some(m) = v["mounts"].as_array_mut() {
+                    m.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": "/host/resolv.conf", "options": ["rbind", "ro"]}));
+                    m.push(json!({"destination": "/var/run/secrets/sa", "type": "bind", "source": "/host/secrets", "options": ["rbind", "ro"]}));
+                    m.push(json!({"destination": "/run/pod/hosts", "type": "bind", "source": "/host/hosts", "options": ["rbind", "ro"]}));
+                }
+            },
+        );
+        let created = c
+            .create_container(
+                ctx(),
+                &api::CreateContainerRequest {
+                    container_id: id.into(),
+                    oci_spec: serde_json::to_vec(&sp)?,
+                    rootfs_layers: vec![api::BlockDevice {
+                        serial: serial.into(),
+                        ..Default::default()
+                    }],
+                    stdio: stdio_cfg(false, true, false),
+                    bind_sources: protobuf::MessageField::some(api::BlockDevice {
+                        serial: binds.into(),
+                        fstype: "erofs".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let out = match created {
+            Err(e) => format!("CreateContainer: {e}"),
+            Ok(_) => {
+                c.start_container(
+                    ctx(),
+                    &api::ContainerRequest {
+                        container_id: id.into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                c.wait_process(
+                    ctx(),
+                    &api::ProcessRequest {
+                        container_id: id.into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let out = String::from_utf8_lossy(&st.stdout.await?).to_string();
+                c.delete_container(
+                    ctx(),
+                    &api::DeleteContainerRequest {
+                        container_id: id.into(),
+                        force: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                out
+            }
+        };
+        check(
+            "read-only rootfs gets missing bind targets (files, dir, parents) and cwd; empty hostname without uts ns",
+            out == "nameserver 10.0.0.10\nsecret\n127.0.0.1 localhost\n/work\nro-root\nro-etc\n",
+            out,
+            &mut f,
+        );
     }
 
     let t = Instant::now();

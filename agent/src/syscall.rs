@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::container::mounts::DeviceNode;
+
 /// The system calls the agent's setup code goes through.
 pub trait Syscall: Send + Sync {
     fn mount(
@@ -28,6 +30,20 @@ pub trait Syscall: Send + Sync {
     /// Drops a block device's cached pages (BLKFLSBUF), so a drive whose
     /// backing file the host filled after boot is read afresh.
     fn flush_block_device(&self, dev: &Path) -> io::Result<()>;
+    /// Whether `path` (symlinks followed) is a directory; an error when it
+    /// does not exist.
+    fn is_dir(&self, path: &Path) -> io::Result<bool>;
+    /// Creates an empty file at `path` (a bind mount target) unless
+    /// something, even a symlink, is already there.
+    fn create_file(&self, path: &Path) -> io::Result<()>;
+    /// Creates a symlink at `link` unless something is already there.
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// Replaces whatever is at `path` with the device node `node` (its
+    /// mode and owner included).
+    fn make_device(&self, path: &Path, node: &DeviceNode) -> io::Result<()>;
+    /// Makes `rootfs` the root: chdir, pivot_root, detach the old root,
+    /// chdir `/`.
+    fn pivot_root(&self, rootfs: &Path) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -76,6 +92,53 @@ impl Syscall for Linux {
         }
         Ok(())
     }
+
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        std::fs::metadata(path).map(|m| m.is_dir())
+    }
+
+    fn create_file(&self, path: &Path) -> io::Result<()> {
+        // O_EXCL: an existing file is kept, and a symlink is not followed.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        }
+    }
+
+    fn make_device(&self, path: &Path, node: &DeviceNode) -> io::Result<()> {
+        use nix::sys::stat::{Mode, SFlag};
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(path);
+        let kind = match node.kind {
+            'b' => SFlag::S_IFBLK,
+            'p' => SFlag::S_IFIFO,
+            _ => SFlag::S_IFCHR,
+        };
+        let dev = nix::sys::stat::makedev(node.major, node.minor);
+        nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(node.mode), dev)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+        std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))
+    }
+
+    fn pivot_root(&self, rootfs: &Path) -> io::Result<()> {
+        nix::unistd::chdir(rootfs)?;
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        Ok(())
+    }
 }
 
 /// One call recorded by [`Recording`].
@@ -93,15 +156,21 @@ pub enum Call {
     MkdirAll(PathBuf),
     Flush(PathBuf),
     Write(PathBuf, String),
+    CreateFile(PathBuf),
+    Symlink(PathBuf),
+    MakeDevice(PathBuf),
+    PivotRoot(PathBuf),
 }
 
 /// A fake kernel for tests: records every call, serves reads from `files`,
-/// and fails writes to paths listed in `missing`.
+/// and fails writes to paths listed in `missing`. `is_dir` is true for
+/// paths in `dirs`, false for those in `files`, an error otherwise.
 #[cfg(test)]
 #[derive(Default)]
 pub struct Recording {
     pub calls: std::sync::Mutex<Vec<Call>>,
     pub files: std::sync::Mutex<std::collections::HashMap<PathBuf, String>>,
+    pub dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     pub missing: Vec<PathBuf>,
 }
 
@@ -122,6 +191,11 @@ impl Recording {
     pub fn set_file(&self, path: &str, contents: &str) {
         if let Ok(mut f) = self.files.lock() {
             f.insert(PathBuf::from(path), contents.to_string());
+        }
+    }
+    pub fn set_dir(&self, path: &str) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.insert(PathBuf::from(path));
         }
     }
     fn push(&self, c: Call) {
@@ -175,5 +249,35 @@ impl Syscall for Recording {
             .ok()
             .and_then(|f| f.get(path).cloned())
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+    fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        if self.dirs.lock().map(|d| d.contains(path)).unwrap_or(false) {
+            return Ok(true);
+        }
+        if self
+            .files
+            .lock()
+            .map(|f| f.contains_key(path))
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        Err(io::Error::from(io::ErrorKind::NotFound))
+    }
+    fn create_file(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::CreateFile(path.to_path_buf()));
+        Ok(())
+    }
+    fn symlink(&self, _target: &Path, link: &Path) -> io::Result<()> {
+        self.push(Call::Symlink(link.to_path_buf()));
+        Ok(())
+    }
+    fn make_device(&self, path: &Path, _node: &DeviceNode) -> io::Result<()> {
+        self.push(Call::MakeDevice(path.to_path_buf()));
+        Ok(())
+    }
+    fn pivot_root(&self, rootfs: &Path) -> io::Result<()> {
+        self.push(Call::PivotRoot(rootfs.to_path_buf()));
+        Ok(())
     }
 }

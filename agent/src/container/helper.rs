@@ -15,9 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
-use nix::sys::stat::{Mode, SFlag};
+use nix::sys::stat::Mode;
 
 use super::caps;
 use super::mounts::{default_devices, DeviceNode, MountStep, DEV_SYMLINKS};
@@ -25,6 +25,7 @@ use super::process::{
     path_of, recv, send, CreateSetup, HelperConfig, Msg, NsPlan, ProcessPlan, Setup, SYNC_FD,
 };
 use super::seccomp;
+use crate::syscall::{Linux, Syscall};
 
 type R<T> = Result<T, String>;
 
@@ -111,7 +112,7 @@ fn run(sock: RawFd) -> R<Infallible> {
         None => {}
     }
     if let Setup::Create(c) = &cfg.setup {
-        setup_container(c)?;
+        setup_container(c, &cfg.process.cwd)?;
     }
     let (exe, env) = setup_process(&cfg.process, init, sock, filter.as_ref())?;
     exec(sock, &cfg.process, exe, &env, filter.as_ref())
@@ -246,92 +247,12 @@ fn join_namespaces(init_pid: i32) -> R<Option<CgroupNs>> {
     Ok(cgroup_ns)
 }
 
-fn setup_container(setup: &CreateSetup) -> R<()> {
-    let CreateSetup {
-        rootfs,
-        mounts,
-        populate_dev,
-        devices,
-        hostname,
-        domainname,
-        masked_paths,
-        readonly_paths,
-        readonly_root,
-        sysctl,
-        ..
-    } = setup;
-    ctx(
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-        || "making / private".to_string(),
-    )?;
-    for m in mounts {
-        do_mount(m)?;
-    }
-    if *populate_dev {
-        for d in default_devices() {
-            make_device(rootfs, &d)?;
-        }
-        let dev = rootfs.join("dev");
-        for (target, name) in DEV_SYMLINKS {
-            let link = dev.join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                ctx(std::os::unix::fs::symlink(target, &link), || {
-                    format!("symlink {}", link.display())
-                })?;
-            }
-        }
-    }
-    for d in devices {
-        make_device(rootfs, d)?;
-    }
-    ctx(nix::unistd::chdir(rootfs), || {
-        format!("chdir {}", rootfs.display())
-    })?;
-    ctx(nix::unistd::pivot_root(".", "."), || {
-        "pivot_root".to_string()
-    })?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || {
-        "detaching the old root".to_string()
-    })?;
-    ctx(nix::unistd::chdir("/"), || "chdir /".to_string())?;
-    // As runc: sysctls (checked by the agent to be of the container's own
-    // namespaces) through the container's /proc, before /proc/sys is made
-    // read-only.
-    for (k, v) in sysctl {
-        if k.contains("..") {
-            return Err(format!("invalid sysctl {k:?}"));
-        }
-        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-        ctx(std::fs::write(&path, v), || format!("sysctl {k}"))?;
-    }
-    for p in masked_paths {
-        mask(p)?;
-    }
-    for p in readonly_paths {
-        readonly(p)?;
-    }
-    if *readonly_root {
-        ctx(
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            ),
-            || "remounting / read-only".to_string(),
-        )?;
-    }
-    if let Some(h) = hostname {
+fn setup_container(setup: &CreateSetup, cwd: &Path) -> R<()> {
+    setup_filesystem(&Linux, setup, cwd)?;
+    if let Some(h) = &setup.hostname {
         ctx(nix::unistd::sethostname(h), || format!("sethostname {h:?}"))?;
     }
-    if let Some(d) = domainname {
+    if let Some(d) = &setup.domainname {
         let c = ctx(CString::new(d.as_bytes()), || "domainname".to_string())?;
         // SAFETY: setdomainname with a valid buffer and its length.
         if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
@@ -344,35 +265,117 @@ fn setup_container(setup: &CreateSetup) -> R<()> {
     Ok(())
 }
 
-fn do_mount(m: &MountStep) -> R<()> {
+/// The container's filesystem, in its new mount namespace: mounts (their
+/// targets created as needed), /dev, pivot_root, sysctls, masked and
+/// read-only paths, the init's cwd, and last the read-only root. As with
+/// runc, everything that creates a file or directory in the rootfs (mount
+/// targets and their parents, device nodes, /dev symlinks, the cwd) runs
+/// before `/` is remounted read-only: with `root.readonly` those land in
+/// the overlay's tmpfs upper dir, which is writable until then.
+pub(crate) fn setup_filesystem(sys: &dyn Syscall, setup: &CreateSetup, cwd: &Path) -> R<()> {
+    let CreateSetup {
+        rootfs,
+        mounts,
+        populate_dev,
+        devices,
+        masked_paths,
+        readonly_paths,
+        readonly_root,
+        sysctl,
+        ..
+    } = setup;
+    ctx(
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        ),
+        || "making / private".to_string(),
+    )?;
+    for m in mounts {
+        do_mount(sys, m)?;
+    }
+    if *populate_dev {
+        for d in default_devices() {
+            make_device(sys, rootfs, &d)?;
+        }
+        let dev = rootfs.join("dev");
+        for (target, name) in DEV_SYMLINKS {
+            let link = dev.join(name);
+            ctx(sys.symlink(Path::new(target), &link), || {
+                format!("symlink {}", link.display())
+            })?;
+        }
+    }
+    for d in devices {
+        make_device(sys, rootfs, d)?;
+    }
+    ctx(sys.pivot_root(rootfs), || {
+        format!("pivot_root to {}", rootfs.display())
+    })?;
+    // As runc: sysctls (checked by the agent to be of the container's own
+    // namespaces) through the container's /proc, before /proc/sys is made
+    // read-only.
+    for (k, v) in sysctl {
+        if k.contains("..") {
+            return Err(format!("invalid sysctl {k:?}"));
+        }
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        ctx(sys.write_file(&path, v), || format!("sysctl {k}"))?;
+    }
+    for p in masked_paths {
+        mask(sys, p)?;
+    }
+    for p in readonly_paths {
+        readonly(sys, p)?;
+    }
+    // As runc: the init's cwd is created when the image lacks it (inside
+    // the new root, so `..` and symlinks stay in it). A failure shows up
+    // as the chdir's.
+    if sys.is_dir(cwd).is_err() {
+        let _ = sys.mkdir_all(cwd);
+    }
+    if *readonly_root {
+        ctx(
+            sys.mount(
+                None,
+                Path::new("/"),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            ),
+            || "remounting / read-only".to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates the target of a mount (a file for a bind of a file, else a
+/// directory; parents included) and mounts it.
+fn do_mount(sys: &dyn Syscall, m: &MountStep) -> R<()> {
+    let mkdir = |d: &Path| ctx(sys.mkdir_all(d), || format!("mkdir {}", d.display()));
     if m.bind {
         let src = m.source.as_deref().unwrap_or(Path::new(""));
-        let meta = ctx(std::fs::metadata(src), || {
+        let is_dir = ctx(sys.is_dir(src), || {
             format!("bind mount source {}", src.display())
         })?;
-        if meta.is_dir() {
-            ctx(std::fs::create_dir_all(&m.target), || {
-                format!("mkdir {}", m.target.display())
-            })?;
+        if is_dir {
+            mkdir(&m.target)?;
         } else {
             if let Some(parent) = m.target.parent() {
-                ctx(std::fs::create_dir_all(parent), || {
-                    format!("mkdir {}", parent.display())
-                })?;
+                mkdir(parent)?;
             }
-            if std::fs::symlink_metadata(&m.target).is_err() {
-                ctx(std::fs::File::create(&m.target), || {
-                    format!("create {}", m.target.display())
-                })?;
-            }
+            ctx(sys.create_file(&m.target), || {
+                format!("create {}", m.target.display())
+            })?;
         }
     } else {
-        ctx(std::fs::create_dir_all(&m.target), || {
-            format!("mkdir {}", m.target.display())
-        })?;
+        mkdir(&m.target)?;
     }
     ctx(
-        mount(
+        sys.mount(
             m.source.as_deref(),
             &m.target,
             m.fstype.as_deref(),
@@ -390,105 +393,71 @@ fn do_mount(m: &MountStep) -> R<()> {
     )?;
     if let Some(f) = m.remount_flags {
         ctx(
-            mount(
-                None::<&str>,
-                &m.target,
-                None::<&str>,
-                MsFlags::from_bits_truncate(f),
-                None::<&str>,
-            ),
+            sys.mount(None, &m.target, None, MsFlags::from_bits_truncate(f), None),
             || format!("remount {}", m.target.display()),
         )?;
     }
     if let Some(p) = m.propagation {
         ctx(
-            mount(
-                None::<&str>,
-                &m.target,
-                None::<&str>,
-                MsFlags::from_bits_truncate(p),
-                None::<&str>,
-            ),
+            sys.mount(None, &m.target, None, MsFlags::from_bits_truncate(p), None),
             || format!("propagation of {}", m.target.display()),
         )?;
     }
     Ok(())
 }
 
-fn make_device(rootfs: &Path, d: &DeviceNode) -> R<()> {
+fn make_device(sys: &dyn Syscall, rootfs: &Path, d: &DeviceNode) -> R<()> {
     let rel = d.path.strip_prefix("/").unwrap_or(&d.path);
     let path = rootfs.join(rel);
     if let Some(parent) = path.parent() {
-        ctx(std::fs::create_dir_all(parent), || {
+        ctx(sys.mkdir_all(parent), || {
             format!("mkdir {}", parent.display())
         })?;
     }
-    let _ = std::fs::remove_file(&path);
-    let kind = match d.kind {
-        'b' => SFlag::S_IFBLK,
-        'p' => SFlag::S_IFIFO,
-        _ => SFlag::S_IFCHR,
-    };
-    let dev = nix::sys::stat::makedev(d.major, d.minor);
-    ctx(
-        nix::sys::stat::mknod(&path, kind, Mode::from_bits_truncate(d.mode), dev),
-        || format!("mknod {}", d.path.display()),
-    )?;
-    ctx(
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode)),
-        || format!("chmod {}", d.path.display()),
-    )?;
-    ctx(
-        std::os::unix::fs::chown(&path, Some(d.uid), Some(d.gid)),
-        || format!("chown {}", d.path.display()),
-    )
+    ctx(sys.make_device(&path, d), || {
+        format!("mknod {}", d.path.display())
+    })
 }
 
-fn mask(p: &Path) -> R<()> {
-    let Ok(meta) = std::fs::metadata(p) else {
+fn mask(sys: &dyn Syscall, p: &Path) -> R<()> {
+    let Ok(is_dir) = sys.is_dir(p) else {
         return Ok(());
     };
-    let r = if meta.is_dir() {
-        mount(
-            Some("tmpfs"),
+    let r = if is_dir {
+        sys.mount(
+            Some(Path::new("tmpfs")),
             p,
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
-            None::<&str>,
+            None,
         )
     } else {
-        mount(
-            Some("/dev/null"),
+        sys.mount(
+            Some(Path::new("/dev/null")),
             p,
-            None::<&str>,
+            None,
             MsFlags::MS_BIND,
-            None::<&str>,
+            None,
         )
     };
     ctx(r, || format!("masking {}", p.display()))
 }
 
-fn readonly(p: &Path) -> R<()> {
-    if std::fs::metadata(p).is_err() {
+fn readonly(sys: &dyn Syscall, p: &Path) -> R<()> {
+    if sys.is_dir(p).is_err() {
         return Ok(());
     }
     ctx(
-        mount(
-            Some(p),
-            p,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
+        sys.mount(Some(p), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
         || format!("read-only bind of {}", p.display()),
     )?;
     ctx(
-        mount(
-            None::<&str>,
+        sys.mount(
+            None,
             p,
-            None::<&str>,
+            None,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-            None::<&str>,
+            None,
         ),
         || format!("read-only remount of {}", p.display()),
     )
@@ -597,10 +566,6 @@ fn setup_process(
                 std::io::Error::last_os_error()
             ));
         }
-    }
-    if init {
-        // As runc: the init's cwd is created when the image lacks it.
-        let _ = std::fs::create_dir_all(&p.cwd);
     }
     ctx(nix::unistd::chdir(&p.cwd), || {
         format!("cwd {}", p.cwd.display())
@@ -736,6 +701,136 @@ pub fn home_of(passwd: &str, uid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::mounts;
+    use crate::syscall::{Call, Recording};
+
+    fn ro_root_setup(rootfs: &Path, binds: &Path) -> CreateSetup {
+        // What CRI gives a sandbox container, over a `FROM scratch` image.
+        let m: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
+            r#"[
+            {"destination":"/proc","type":"proc","source":"proc"},
+            {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]},
+            {"destination":"/etc/resolv.conf","type":"bind","source":"/h/resolv.conf","options":["rbind","ro"]},
+            {"destination":"/etc/hostname","type":"bind","source":"/h/hostname","options":["rbind"]},
+            {"destination":"/var/run/secrets/sa","type":"bind","source":"/h/sa","options":["rbind","ro"]},
+            {"destination":"/dev/shm","type":"bind","source":"/h/shm","options":["rbind"]}
+        ]"#,
+        )
+        .expect("mounts");
+        let steps = mounts::plan(&m, rootfs, Some(binds)).expect("plan");
+        CreateSetup {
+            rootfs: rootfs.to_path_buf(),
+            populate_dev: mounts::mounts_dev(&steps, rootfs),
+            mounts: steps,
+            devices: Vec::new(),
+            namespaces: Vec::new(),
+            hostname: None,
+            domainname: None,
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            readonly_root: true,
+            sysctl: Vec::new(),
+        }
+    }
+
+    fn is_ro_root_remount(c: &Call) -> bool {
+        matches!(c, Call::Mount { target, flags, .. }
+            if target == Path::new("/")
+                && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_BIND))
+    }
+
+    #[test]
+    fn read_only_root_gets_its_mount_targets_created_before_the_read_only_remount() {
+        let r = Path::new("/run/ampoule/containers/c/rootfs");
+        let b = Path::new("/run/ampoule/containers/c/binds");
+        let rec = Recording::default();
+        for f in ["h/resolv.conf", "h/hostname"] {
+            rec.set_file(&b.join(f).display().to_string(), "");
+        }
+        rec.set_dir(&b.join("h/sa").display().to_string());
+        rec.set_dir(&b.join("h/shm").display().to_string());
+        rec.set_dir("/proc/sys");
+        rec.set_file("/proc/kcore", "");
+        let setup = ro_root_setup(r, b);
+        setup_filesystem(&rec, &setup, Path::new("/work")).expect("setup");
+        let calls = rec.calls();
+        let at = |c: &Call| calls.iter().position(|x| x == c);
+        let remount = calls
+            .iter()
+            .position(is_ro_root_remount)
+            .expect("/ remounted read-only");
+        assert_eq!(
+            calls.iter().filter(|c| is_ro_root_remount(c)).count(),
+            1,
+            "{calls:#?}"
+        );
+        // Files for file binds (their parent dirs first), dirs for the rest,
+        // every one before its mount and before / turns read-only.
+        let created = [
+            (Call::MkdirAll(r.join("etc")), None),
+            (
+                Call::CreateFile(r.join("etc/resolv.conf")),
+                Some(r.join("etc/resolv.conf")),
+            ),
+            (
+                Call::CreateFile(r.join("etc/hostname")),
+                Some(r.join("etc/hostname")),
+            ),
+            (
+                Call::MkdirAll(r.join("var/run/secrets/sa")),
+                Some(r.join("var/run/secrets/sa")),
+            ),
+            (Call::MkdirAll(r.join("dev/shm")), Some(r.join("dev/shm"))),
+            (Call::MkdirAll(r.join("proc")), Some(r.join("proc"))),
+            (Call::MakeDevice(r.join("dev/null")), None),
+            (Call::Symlink(r.join("dev/ptmx")), None),
+            (Call::MkdirAll(PathBuf::from("/work")), None),
+        ];
+        for (c, mounted_on) in &created {
+            let i = at(c).unwrap_or_else(|| panic!("{c:?} missing from {calls:#?}"));
+            assert!(i < remount, "{c:?} after the read-only remount: {calls:#?}");
+            if let Some(t) = mounted_on {
+                let m = calls
+                    .iter()
+                    .position(|x| matches!(x, Call::Mount { target, .. } if target == t))
+                    .unwrap_or_else(|| panic!("no mount on {}", t.display()));
+                assert!(i < m, "{c:?} after its mount");
+            }
+        }
+        // The remount is the very last thing: nothing is created after it.
+        assert_eq!(remount, calls.len() - 1, "{calls:#?}");
+        assert!(at(&Call::PivotRoot(r.to_path_buf())).is_some_and(|p| p < remount));
+    }
+
+    #[test]
+    fn writable_root_is_not_remounted_and_an_existing_cwd_is_not_created() {
+        let r = Path::new("/r");
+        let b = Path::new("/b");
+        let rec = Recording::default();
+        for f in ["h/resolv.conf", "h/hostname"] {
+            rec.set_file(&b.join(f).display().to_string(), "");
+        }
+        rec.set_dir("/b/h/sa");
+        rec.set_dir("/b/h/shm");
+        rec.set_dir("/");
+        let mut setup = ro_root_setup(r, b);
+        setup.readonly_root = false;
+        setup_filesystem(&rec, &setup, Path::new("/")).expect("setup");
+        let calls = rec.calls();
+        assert!(!calls.iter().any(is_ro_root_remount), "{calls:#?}");
+        assert!(!calls.contains(&Call::MkdirAll(PathBuf::from("/"))));
+    }
+
+    #[test]
+    fn a_missing_bind_source_fails_before_anything_is_created_for_it() {
+        let rec = Recording::default();
+        let setup = ro_root_setup(Path::new("/r"), Path::new("/b"));
+        let e = setup_filesystem(&rec, &setup, Path::new("/")).expect_err("no sources");
+        assert!(e.contains("bind mount source /b/h/resolv.conf"), "{e}");
+        let calls = rec.calls();
+        assert!(!calls.iter().any(is_ro_root_remount));
+        assert!(!calls.contains(&Call::CreateFile(PathBuf::from("/r/etc/resolv.conf"))));
+    }
 
     #[test]
     fn home_comes_from_passwd_or_defaults_to_root_dir() {

@@ -244,6 +244,27 @@ pub fn namespace_plan(
     Ok(out)
 }
 
+/// The hostname and domainname to set. An empty one is not set at all, so
+/// it needs no UTS namespace (kubelet gives host-network pods an empty
+/// hostname and none); as runc, a non-empty one without a UTS namespace of
+/// the container's own is refused, since it would rename the guest.
+pub fn uts_names(
+    hostname: Option<&str>,
+    domainname: Option<&str>,
+    namespaces: &[NsPlan],
+) -> Result<(Option<String>, Option<String>), ContainerError> {
+    let set = |n: Option<&str>| n.filter(|n| !n.is_empty()).map(str::to_string);
+    let (hostname, domainname) = (set(hostname), set(domainname));
+    if (hostname.is_some() || domainname.is_some())
+        && !namespaces.iter().any(|n| n.flag == libc::CLONE_NEWUTS)
+    {
+        return Err(ContainerError::InvalidArgument(
+            "hostname/domainname need a uts namespace in linux.namespaces".into(),
+        ));
+    }
+    Ok((hostname, domainname))
+}
+
 /// As runc: only sysctls of a namespace the container has its own of
 /// (ipc: kernel.msg*/sem/shm*, fs.mqueue.*; net: net.*; uts: hostname,
 /// domainname), so a container never changes the guest's settings.
@@ -411,16 +432,11 @@ impl Manager {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
-        let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
-        if (hostname.is_some() || domainname.is_some())
-            && !namespaces.iter().any(|n| n.flag == libc::CLONE_NEWUTS)
-        {
-            // As runc: without its own UTS namespace it would rename the guest.
-            return Err(ContainerError::InvalidArgument(
-                "hostname/domainname need a uts namespace in linux.namespaces".into(),
-            ));
-        }
+        let (hostname, domainname) = uts_names(
+            spec.hostname().as_deref(),
+            spec.domainname().as_deref(),
+            &namespaces,
+        )?;
         let resources = linux.resources().clone();
         let writes = match &resources {
             Some(r) => cgroup::resource_writes(r)?,
@@ -1044,6 +1060,40 @@ mod tests {
             matches!(e, Err(ContainerError::InvalidArgument(m)) if m.contains("network namespace"))
         );
         assert!(check_sysctl("kernel.sem", &ns(&[libc::CLONE_NEWNET])).is_err());
+    }
+
+    #[test]
+    fn empty_hostname_needs_no_uts_namespace_but_a_real_one_does() {
+        let uts = [NsPlan {
+            flag: libc::CLONE_NEWUTS,
+            path: None,
+        }];
+        let no_uts = [NsPlan {
+            flag: libc::CLONE_NEWPID,
+            path: None,
+        }];
+        // kubelet, host-network pod: "hostname": "" and no uts namespace.
+        assert_eq!(
+            uts_names(Some(""), Some(""), &no_uts).expect("empty accepted"),
+            (None, None)
+        );
+        assert_eq!(
+            uts_names(None, None, &[]).expect("absent accepted"),
+            (None, None)
+        );
+        for (h, d) in [(Some("pod-a"), None), (None, Some("example.com"))] {
+            assert!(
+                matches!(
+                    uts_names(h, d, &no_uts),
+                    Err(ContainerError::InvalidArgument(m)) if m.contains("uts namespace")
+                ),
+                "{h:?} {d:?}"
+            );
+        }
+        assert_eq!(
+            uts_names(Some("pod-a"), Some(""), &uts).expect("with uts"),
+            (Some("pod-a".to_string()), None)
+        );
     }
 
     #[test]
