@@ -1,1 +1,24 @@
-//! ampoule-runtime: host side of Ampoule.
+//! ampoule-runtime: the host side of Ampoule.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`host`]: what the host offers and which backend runs a sandbox.
+//! - [`hypervisor`]: the `Hypervisor` interface, `qemu` and `ampoule` backends.
+//! - [`vsock`]: hybrid vsock (host side) and the agent's readiness signal.
+//! - [`agent_client`]: the ttrpc client of the guest agent.
+//! - [`sandbox`]: [`Sandbox::start`] / [`Sandbox::stop`].
+//! - [`check`]: the report behind `ampoule check`.
+
+pub mod agent_client;
+pub mod check;
+pub mod config;
+pub mod container;
+pub mod host;
+pub mod hypervisor;
+pub mod process;
+pub mod sandbox;
+pub mod state;
+pub mod vsock;
+
+pub use ampoule_agent_api as api;
+pub use config::{Config, HypervisorKind};
+pub use sandbox::{BootTimings, Sandbox, SandboxError, SandboxSpec, StopReport};

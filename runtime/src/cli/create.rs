@@ -1,0 +1,481 @@
+//! `create`, `run` and the container monitor.
+//!
+//! `create` checks the bundle, records the container, and starts a detached
+//! monitor (`ampoule __monitor`) with its own stdio: the monitor builds the
+//! rootfs image, boots the sandbox, creates the container in the guest,
+//! relays its stdio, reports readiness, and then waits for the container's
+//! init process: the monitor's exit is the container's exit (its pid is the
+//! `--pid-file` pid). `run` does the same in the foreground.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ampoule_runtime::agent_client;
+use ampoule_runtime::api;
+use ampoule_runtime::container::{self, rootfs, Bundle};
+use ampoule_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec};
+use ampoule_runtime::state::{self, ContainerState, Status, Store};
+use anyhow::Context;
+use sha2::Digest;
+
+use super::stdio::{self, Relay};
+use super::{exit_code, Ctx, WrongState};
+
+/// A detached child (monitor) that failed, with its exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ChildFailed {
+    pub code: i32,
+    pub message: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// Bundle directory (with config.json and the rootfs).
+    #[arg(long, short = 'b', default_value = ".")]
+    pub bundle: PathBuf,
+    /// File to write the pid of the process whose exit is the container's.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master (process.terminal).
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility: extra fds cannot cross into the VM.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility (the guest always uses pivot_root).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Detach: create and start, then return.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MonitorArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    pub id: String,
+}
+
+/// Sandbox id of container `id` under `root`: short, fixed length (socket
+/// paths are limited), unique per root.
+pub fn sandbox_id(root: &Path, id: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(root.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn initial_state(ctx: &Ctx, id: &str, bundle: &Bundle) -> ContainerState {
+    ContainerState {
+        id: id.to_string(),
+        status: Status::Creating,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        annotations: bundle.annotations(),
+        created: state::now_rfc3339(),
+        monitor_pid: 0,
+        monitor_start_time: 0,
+        sandbox_dir: ctx.config.run_dir.join(sandbox_id(&ctx.root, id)),
+        vsock_uds: PathBuf::new(),
+        guest_pid: 0,
+        exit_status: None,
+        private_images: Vec::new(),
+        owner: nix::unistd::geteuid().as_raw(),
+    }
+}
+
+/// Writes `--pid-file` atomically.
+fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, pid.to_string())
+        .with_context(|| format!("cannot write pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+/// Records the container (state directory), failing on a duplicate id.
+fn register(ctx: &Ctx, id: &str, bundle: &Bundle) -> anyhow::Result<Store> {
+    let store = ctx.store();
+    store.create_dir(id)?;
+    if let Err(e) = store.save(&initial_state(ctx, id, bundle)) {
+        let _ = store.remove(id);
+        return Err(e.into());
+    }
+    Ok(store)
+}
+
+fn load_bundle(dir: &Path) -> anyhow::Result<Bundle> {
+    Ok(Bundle::load(dir)?)
+}
+
+pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
+    state::validate_id(&a.id)?;
+    let bundle = load_bundle(&a.bundle)?;
+    if bundle.terminal() && a.console_socket.is_none() {
+        anyhow::bail!("process.terminal is true: --console-socket is required with create");
+    }
+    if a.preserve_fds > 0 {
+        tracing::warn!(
+            n = a.preserve_fds,
+            "--preserve-fds: extra fds cannot be passed into the microVM; ignored"
+        );
+    }
+    let store = register(ctx, &a.id, &bundle)?;
+    let pid = match spawn_monitor(ctx, &a.id, &bundle.dir, a.console_socket.as_deref()).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = store.remove(&a.id);
+            return Err(e);
+        }
+    };
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    Ok(0)
+}
+
+async fn spawn_monitor(
+    ctx: &Ctx,
+    id: &str,
+    bundle: &Path,
+    console: Option<&Path>,
+) -> anyhow::Result<u32> {
+    let mut args = ctx.global_args();
+    args.push("__monitor".into());
+    args.push("--bundle".into());
+    args.push(bundle.into());
+    if let Some(c) = console {
+        args.push("--console-socket".into());
+        args.push(c.into());
+    }
+    args.push("--".into());
+    args.push(id.into());
+    // With a console the container's stdio is the pty, not our fds.
+    stdio::spawn_detached(args, console.is_some()).await
+}
+
+/// A container created in its sandbox, with its stdio relayed.
+struct Prepared {
+    sandbox: Sandbox,
+    relay: Relay,
+    _raw: Option<stdio::RawMode>,
+}
+
+/// Builds the images, boots the sandbox, creates the container, relays its
+/// stdio and records the state as `created`. On error nothing is left but
+/// the state directory (the caller removes it).
+async fn prepare(
+    ctx: &Ctx,
+    id: &str,
+    bundle: &Bundle,
+    console: Option<&Path>,
+    foreground: bool,
+) -> anyhow::Result<Prepared> {
+    let store = ctx.store();
+    let state_dir = store.dir(id);
+    let t0 = std::time::Instant::now();
+    let image = rootfs::rootfs_image(&bundle.rootfs, &ctx.config.cache_dir)?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rootfs image ready");
+    let binds = bundle.bind_sources();
+    let binds_image = if binds.is_empty() {
+        None
+    } else {
+        let out = state_dir.join("binds.erofs");
+        rootfs::binds_image(&binds, &state_dir.join("binds-staging"), &out)?;
+        Some(out)
+    };
+    let (vcpus, memory_mib) = container::sandbox_size(&bundle.spec, &ctx.config)?;
+    let spec = SandboxSpec {
+        id: Some(sandbox_id(&ctx.root, id)),
+        vcpus: Some(vcpus),
+        memory_mib: Some(memory_mib),
+        drives: container::drives(&image, binds_image.as_deref()),
+        ..Default::default()
+    };
+    let sandbox = Sandbox::start(&ctx.config, spec).await?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
+    let terminal = bundle.terminal();
+    let cfg = container::stdio_config(terminal);
+    let req = container::create_request(id, bundle, cfg.clone(), binds_image.is_some());
+    let created = sandbox
+        .call(
+            "CreateContainer",
+            sandbox
+                .agent()
+                .create_container(agent_client::ctx(Duration::from_secs(60)), &req),
+        )
+        .await;
+    let created = match created {
+        Ok(c) => c,
+        Err(e) => {
+            sandbox.stop().await;
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot create container {id} in the guest"))
+            );
+        }
+    };
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "container created in the guest"
+    );
+    let streams = match container::open_streams(sandbox.vsock_uds(), id, "", &cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            sandbox.stop().await;
+            return Err(anyhow::Error::new(e).context("cannot open the container's stdio"));
+        }
+    };
+    let mut raw = None;
+    let relay = match console {
+        Some(sock) => {
+            let slave = match stdio::console_to_socket(sock) {
+                Ok(s) => s,
+                Err(e) => {
+                    sandbox.stop().await;
+                    return Err(e);
+                }
+            };
+            stdio::relay_pty(
+                streams,
+                slave,
+                sandbox.agent().clone(),
+                id.to_string(),
+                String::new(),
+            )?
+        }
+        None => {
+            if terminal && foreground {
+                raw = Some(stdio::RawMode::enter());
+                let _ = stdio::forward_own_winsize(
+                    sandbox.agent().clone(),
+                    id.to_string(),
+                    String::new(),
+                );
+            }
+            stdio::relay_own_stdio(streams)
+        }
+    };
+    let me = std::process::id();
+    let saved = store.update(id, |s| {
+        s.status = Status::Created;
+        s.monitor_pid = me;
+        s.monitor_start_time = state::process_start_time(me).unwrap_or(0);
+        s.sandbox_dir = sandbox.dir().to_path_buf();
+        s.vsock_uds = sandbox.vsock_uds().to_path_buf();
+        s.guest_pid = created.pid;
+        s.private_images = binds_image.iter().cloned().collect();
+    });
+    if let Err(e) = saved {
+        sandbox.stop().await;
+        return Err(e.into());
+    }
+    Ok(Prepared {
+        sandbox,
+        relay,
+        _raw: raw,
+    })
+}
+
+/// Waits for the container's init process (or the VM's death, or SIGTERM),
+/// records the exit and stops the sandbox. Returns the exit status.
+async fn supervise(ctx: &Ctx, id: &str, p: Prepared, forward_signals: bool) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Prepared {
+        sandbox,
+        relay,
+        _raw,
+    } = p;
+    let mut term = signal(SignalKind::terminate()).ok();
+    let forwarded = [
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    if forward_signals {
+        for k in forwarded {
+            if let Ok(mut s) = signal(k) {
+                let tx = sig_tx.clone();
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        let _ = tx.send(k.as_raw_value());
+                    }
+                });
+            }
+        }
+    }
+    let req = api::ProcessRequest {
+        container_id: id.to_string(),
+        exec_id: String::new(),
+        ..Default::default()
+    };
+    let status = {
+        let wait = sandbox.call(
+            "WaitProcess",
+            sandbox
+                .agent()
+                .wait_process(ttrpc::context::with_timeout(0), &req),
+        );
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                r = &mut wait => break r,
+                Some(sig) = sig_rx.recv() => {
+                    let req = api::SignalProcessRequest { container_id: id.to_string(), signal: sig as u32, ..Default::default() };
+                    let _ = sandbox.agent().signal_process(agent_client::ctx(Duration::from_secs(5)), &req).await;
+                }
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                    if forward_signals {
+                        let req = api::SignalProcessRequest { container_id: id.to_string(), signal: 15, ..Default::default() };
+                        let _ = sandbox.agent().signal_process(agent_client::ctx(Duration::from_secs(5)), &req).await;
+                    } else {
+                        tracing::info!(container = id, "monitor terminated: stopping the sandbox");
+                        break Err(SandboxError::VmExited(ampoule_runtime::process::ExitEvent {
+                            process: "monitor".into(), pid: std::process::id(), status: "terminated".into(), code: None, killed_by_us: true,
+                        }));
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!("container process ended");
+    let code = match status {
+        Ok(w) => {
+            relay.finish(Duration::from_secs(10)).await;
+            if w.oom_killed {
+                tracing::warn!(
+                    container = id,
+                    "the container's process was killed by the OOM killer"
+                );
+            }
+            w.exit_status
+        }
+        Err(e) => {
+            relay.finish(Duration::from_millis(200)).await;
+            tracing::error!(container = id, error = %e, "the container's VM is gone");
+            137
+        }
+    };
+    let _ = ctx.store().update(id, |s| {
+        s.status = Status::Stopped;
+        s.exit_status = Some(code);
+    });
+    // The container's init has exited: the guest (read-only image, overlay
+    // upper in tmpfs) holds nothing to sync, so the VM is killed at once.
+    sandbox.kill().await;
+    code
+}
+
+pub async fn monitor(ctx: &Ctx, a: MonitorArgs) -> anyhow::Result<i32> {
+    let mut notify = stdio::notify_pipe();
+    let prepared = async {
+        let bundle = load_bundle(&a.bundle)?;
+        prepare(ctx, &a.id, &bundle, a.console_socket.as_deref(), false).await
+    }
+    .await;
+    let p = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let code = exit_code(&e);
+            stdio::notify(
+                &mut notify,
+                &format!("ERR {code} {}", format!("{e:#}").replace('\n', "\n  ")),
+            );
+            return Err(e);
+        }
+    };
+    stdio::notify(&mut notify, &format!("OK {}", std::process::id()));
+    Ok(supervise(ctx, &a.id, p, false).await)
+}
+
+pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
+    let c = a.create;
+    if a.detach {
+        let id = c.id.clone();
+        create(ctx, c).await?;
+        if let Err(e) = super::oci::start(ctx, &id).await {
+            let _ = super::oci::delete(
+                ctx,
+                super::oci::DeleteArgs {
+                    force: true,
+                    id: id.clone(),
+                },
+            )
+            .await;
+            return Err(e);
+        }
+        return Ok(0);
+    }
+    state::validate_id(&c.id)?;
+    let bundle = load_bundle(&c.bundle)?;
+    let store = register(ctx, &c.id, &bundle)?;
+    let p = match prepare(ctx, &c.id, &bundle, c.console_socket.as_deref(), true).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = store.remove(&c.id);
+            return Err(e);
+        }
+    };
+    if let Some(f) = &c.pid_file {
+        write_pid_file(f, std::process::id())?;
+    }
+    let req = api::ContainerRequest {
+        container_id: c.id.clone(),
+        ..Default::default()
+    };
+    let started = p
+        .sandbox
+        .call(
+            "StartContainer",
+            p.sandbox
+                .agent()
+                .start_container(agent_client::ctx(Duration::from_secs(30)), &req),
+        )
+        .await
+        .map_err(anyhow::Error::new);
+    if let Err(e) = started {
+        p.sandbox.stop().await;
+        let _ = store.remove(&c.id);
+        return Err(e.context(format!("cannot start container {}", c.id)));
+    }
+    let _ = store.update(&c.id, |s| {
+        if s.status == Status::Created {
+            s.status = Status::Running;
+        }
+    });
+    let code = supervise(ctx, &c.id, p, true).await;
+    let _ = store.remove(&c.id);
+    Ok(code)
+}
+
+/// Error for an operation on a container in the wrong state.
+pub fn wrong_state(id: &str, status: Status, what: &str) -> anyhow::Error {
+    WrongState(format!(
+        "cannot {what} container {id}: it is {}",
+        status.as_str()
+    ))
+    .into()
+}

@@ -1,0 +1,326 @@
+//! runc's container commands that act on an existing container: start, state,
+//! kill, delete, pause, resume, ps, list; and spec, features.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ampoule_runtime::agent_client::{self, connect_agent, AgentClient};
+use ampoule_runtime::api;
+use ampoule_runtime::container::parse_signal;
+use ampoule_runtime::state::{effective_status, process_start_time, ContainerState, Status};
+use anyhow::Context;
+
+use super::create::wrong_state;
+use super::{Ctx, WrongState};
+
+#[derive(clap::Args, Debug)]
+pub struct IdArg {
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KillArgs {
+    /// Signal every process of the container.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    pub id: String,
+    /// Signal name (with or without SIG) or number.
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// Kill a running container first.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// table or json.
+    #[arg(long, short = 'f', default_value = "table")]
+    pub format: String,
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only the ids.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// table or json.
+    #[arg(long, short = 'f', default_value = "table")]
+    pub format: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SpecArgs {
+    /// Bundle directory to write config.json to.
+    #[arg(long, short = 'b', default_value = ".")]
+    pub bundle: PathBuf,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    pub rootless: bool,
+}
+
+fn monitor_alive(s: &ContainerState) -> bool {
+    s.monitor_pid != 0 && process_start_time(s.monitor_pid) == Some(s.monitor_start_time)
+}
+
+async fn agent_of(s: &ContainerState) -> anyhow::Result<AgentClient> {
+    connect_agent(&s.vsock_uds, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("cannot reach the agent of container {}", s.id))
+}
+
+pub async fn start(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
+    let store = ctx.store();
+    let s = store.load(id)?;
+    let status = effective_status(&s);
+    if status != Status::Created {
+        return Err(wrong_state(id, status, "start"));
+    }
+    let agent = agent_of(&s).await?;
+    let req = api::ContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    agent
+        .start_container(agent_client::ctx(Duration::from_secs(30)), &req)
+        .await
+        .with_context(|| format!("cannot start container {id}"))?;
+    store.update(id, |s| {
+        if s.status == Status::Created {
+            s.status = Status::Running;
+        }
+    })?;
+    Ok(0)
+}
+
+pub fn state(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
+    let s = ctx.store().load(id)?;
+    let out = serde_json::to_string_pretty(&s.to_oci(effective_status(&s)))?;
+    println!("{out}");
+    Ok(0)
+}
+
+pub async fn kill(ctx: &Ctx, a: KillArgs) -> anyhow::Result<i32> {
+    let sig = parse_signal(&a.signal).map_err(|e| anyhow::Error::new(WrongState(e)))?;
+    let s = ctx.store().load(&a.id)?;
+    let status = effective_status(&s);
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        return Err(wrong_state(&a.id, status, "kill"));
+    }
+    let agent = agent_of(&s).await?;
+    let req = api::SignalProcessRequest {
+        container_id: a.id.clone(),
+        signal: sig as u32,
+        all: a.all,
+        ..Default::default()
+    };
+    agent
+        .signal_process(agent_client::ctx(Duration::from_secs(10)), &req)
+        .await
+        .with_context(|| format!("cannot signal container {}", a.id))?;
+    Ok(0)
+}
+
+pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<i32> {
+    let store = ctx.store();
+    let s = match store.load(&a.id) {
+        Ok(s) => s,
+        Err(ampoule_runtime::state::StateError::NotFound(_))
+            if a.force && store.dir(&a.id).exists() =>
+        {
+            // A create that died before writing its state: remove what is there.
+            store.remove(&a.id)?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = effective_status(&s);
+    if matches!(status, Status::Running | Status::Paused) && !a.force {
+        return Err(wrong_state(&a.id, status, "delete (use --force)"));
+    }
+    if monitor_alive(&s) {
+        let pid = nix::unistd::Pid::from_raw(s.monitor_pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while monitor_alive(&s) && t0.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if monitor_alive(&s) {
+            tracing::warn!(container = %a.id, "monitor did not stop in time; killing it");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let t0 = Instant::now();
+            while monitor_alive(&s) && t0.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // Whatever a dead monitor left: its VM processes die with it (they
+    // have a parent-death signal); their directory and images go here.
+    if !s.sandbox_dir.as_os_str().is_empty() {
+        let _ = std::fs::remove_dir_all(&s.sandbox_dir);
+    }
+    for img in &s.private_images {
+        let _ = std::fs::remove_file(img);
+    }
+    store.remove(&a.id)?;
+    Ok(0)
+}
+
+pub async fn pause_resume(ctx: &Ctx, id: &str, pause: bool) -> anyhow::Result<i32> {
+    let store = ctx.store();
+    let s = store.load(id)?;
+    let status = effective_status(&s);
+    let (need, to, what) = if pause {
+        (Status::Running, Status::Paused, "pause")
+    } else {
+        (Status::Paused, Status::Running, "resume")
+    };
+    if status != need {
+        return Err(wrong_state(id, status, what));
+    }
+    let agent = agent_of(&s).await?;
+    let req = api::ContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    let c = agent_client::ctx(Duration::from_secs(30));
+    if pause {
+        agent.pause_container(c, &req).await
+    } else {
+        agent.resume_container(c, &req).await
+    }
+    .with_context(|| format!("cannot {what} container {id}"))?;
+    store.update(id, |s| {
+        if s.status == need {
+            s.status = to;
+        }
+    })?;
+    Ok(0)
+}
+
+pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
+    let s = ctx.store().load(&a.id)?;
+    let status = effective_status(&s);
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        return Err(wrong_state(&a.id, status, "list processes of"));
+    }
+    let agent = agent_of(&s).await?;
+    let req = api::ContainerRequest {
+        container_id: a.id.clone(),
+        ..Default::default()
+    };
+    let r = agent
+        .list_processes(agent_client::ctx(Duration::from_secs(10)), &req)
+        .await
+        .with_context(|| format!("cannot list processes of container {}", a.id))?;
+    match a.format.as_str() {
+        "json" => {
+            let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+            println!("{}", serde_json::to_string(&pids)?);
+        }
+        "table" => {
+            println!("{:<8} {:<12} CMD", "PID", "EXEC");
+            for p in &r.processes {
+                let exec = if p.exec_id.is_empty() {
+                    "-"
+                } else {
+                    p.exec_id.as_str()
+                };
+                println!("{:<8} {:<12} {}", p.pid, exec, p.args.join(" "));
+            }
+        }
+        other => anyhow::bail!(WrongState(format!(
+            "unknown format {other:?}: table or json"
+        ))),
+    }
+    Ok(0)
+}
+
+pub fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
+    let store = ctx.store();
+    let states: Vec<ContainerState> = store
+        .list()
+        .iter()
+        .filter_map(|id| store.load(id).ok())
+        .collect();
+    if a.quiet {
+        for s in &states {
+            println!("{}", s.id);
+        }
+        return Ok(0);
+    }
+    match a.format.as_str() {
+        "json" => {
+            let v: Vec<_> = states
+                .iter()
+                .map(|s| s.to_oci(effective_status(s)))
+                .collect();
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        "table" => {
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {:<32} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            );
+            for s in &states {
+                let o = s.to_oci(effective_status(s));
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {:<32} {}",
+                    o.id,
+                    o.pid,
+                    o.status,
+                    o.bundle.display(),
+                    o.created,
+                    o.owner
+                );
+            }
+        }
+        other => anyhow::bail!(WrongState(format!(
+            "unknown format {other:?}: table or json"
+        ))),
+    }
+    Ok(0)
+}
+
+pub fn spec(a: &SpecArgs) -> anyhow::Result<i32> {
+    let path = a.bundle.join("config.json");
+    if path.exists() {
+        anyhow::bail!("File {} exists. Remove it first", path.display());
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hostname(Some("ampoule".into()));
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+    }
+    let text = serde_json::to_string_pretty(&spec)?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(0)
+}
+
+pub fn features() -> anyhow::Result<i32> {
+    let v = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": [],
+        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "relatime", "strictatime", "mode", "size", "newinstance", "ptmxmode", "gid"],
+        "linux": {
+            "namespaces": ["mount", "pid", "ipc", "uts"],
+            "capabilities": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_ADMIN"],
+            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false }
+        },
+        "annotations": {
+            "io.ampoule.vcpus": "vCPUs of the container's microVM",
+            "io.ampoule.memory_mib": "memory of the container's microVM, MiB"
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}

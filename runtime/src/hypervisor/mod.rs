@@ -1,0 +1,135 @@
+//! The `Hypervisor` interface and its backends (`qemu`, `ampoule`).
+//!
+//! A backend turns a [`VmConfig`] into running host processes
+//! ([`ProcessGroup`]); the readiness listener, the agent connection and the
+//! cleanup are the sandbox's, identical on every backend (hybrid vsock).
+
+pub mod ampoule;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::host::{Accel, Backend};
+use crate::process::{ProcessError, ProcessGroup};
+
+/// Errors of a backend while launching a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{process} ended before the VM started: {status}{log}")]
+    EarlyExit {
+        process: String,
+        status: String,
+        /// Tail of the process's log, prefixed with a newline, or empty.
+        log: String,
+    },
+    #[error("{what} did not appear within {secs} s{log}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("invalid VM configuration: {0}")]
+    Invalid(String),
+}
+
+/// A virtio-blk drive. Its `id` is also its serial number in the guest
+/// (`/sys/block/vdX/serial`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Full kernel command line.
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub drives: Vec<Drive>,
+    /// Empty drive slots (filled later through the VMM's control socket).
+    pub drive_slots: Vec<String>,
+    /// The sandbox's private directory (sockets, logs).
+    pub dir: PathBuf,
+    /// Hybrid vsock Unix socket.
+    pub vsock_uds: PathBuf,
+    /// Guest serial console output.
+    pub serial_log: PathBuf,
+    pub accel: Accel,
+}
+
+impl VmConfig {
+    /// Stdout/stderr log of a host process of this VM.
+    pub fn process_log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+}
+
+/// The name of the VM process in the [`ProcessGroup`] a backend returns.
+pub const VM_PROCESS: &str = "vmm";
+
+/// A way to run a VM.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// Kernel parameters this backend needs before the common ones.
+    fn base_cmdline(&self) -> Vec<String>;
+    /// Starts the VM's processes. The VM process is named [`VM_PROCESS`].
+    /// On error, everything spawned so far is killed (the group is dropped).
+    async fn launch(&self, vm: &VmConfig) -> Result<ProcessGroup, HypervisorError>;
+}
+
+/// The backend object for `backend`, using the binaries found on the host.
+pub fn for_backend(
+    backend: Backend,
+    binary: PathBuf,
+    vhost_device_vsock: Option<PathBuf>,
+) -> Box<dyn Hypervisor> {
+    match backend {
+        Backend::Qemu => Box::new(qemu::Qemu {
+            qemu: binary,
+            vhost_device_vsock: vhost_device_vsock
+                .unwrap_or_else(|| PathBuf::from("vhost-device-vsock")),
+        }),
+        Backend::Ampoule => Box::new(ampoule::AmpouleVmm { binary }),
+    }
+}
+
+/// Last `max` bytes of a log file, as text, for error messages.
+pub fn log_tail(path: &Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            let mut s = String::from_utf8_lossy(&bytes[start..]).into_owned();
+            if start > 0 {
+                s.insert_str(0, "...");
+            }
+            s
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// `log_tail` formatted as an indented block after a message, or empty.
+pub fn log_block(label: &str, path: &Path, max: usize) -> String {
+    let tail = log_tail(path, max);
+    let tail = tail.trim_end();
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\n--- {label} ({}) ---", path.display());
+    for line in tail.lines() {
+        out.push_str("\n  ");
+        out.push_str(line);
+    }
+    out
+}

@@ -1,0 +1,653 @@
+//! A sandbox: one microVM (hypervisor processes) plus a connected agent client.
+//!
+//! Start: validate, choose the backend, create the sandbox directory, listen
+//! for the agent's readiness on `<vsock>_1023`, launch the VM, wait for
+//! readiness (bounded; the VM's processes dying ends the wait at once), then
+//! connect ttrpc to the agent. Any failure kills what was started, keeps the
+//! serial log in the log directory (named in the error) and removes the
+//! sandbox directory.
+//!
+//! Stop: the agent's Shutdown, a bounded wait for the VM to exit, then kill;
+//! in every case the processes are reaped and the directory removed.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ampoule_agent_api::{CheckRequest, CheckResponse, ShutdownRequest};
+use tokio::net::UnixStream;
+
+use crate::agent_client::{self, AgentClient, AgentError, DEFAULT_CALL_TIMEOUT};
+use crate::config::{self, Config, ConfigError, HypervisorKind};
+use crate::host::{self, BackendChoice, HostError, HostFacts};
+use crate::hypervisor::{self, log_block, Drive, HypervisorError, VmConfig, VM_PROCESS};
+use crate::process::{ExitEvent, ProcessGroup};
+use crate::vsock::{self, ReadyListener, StdioStream, VsockError};
+
+/// Kernel parameters of every sandbox, before backend and user ones.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+/// Deadline of the Shutdown call when stopping.
+const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a guest gets to power off after Shutdown before it is killed.
+const SHUTDOWN_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of connecting to the agent once it announced readiness.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of the serial log quoted in a boot error.
+const SERIAL_TAIL: usize = 3000;
+
+/// Errors of the sandbox layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("guest {what} {path}: {reason}")]
+    GuestImage {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("invalid sandbox id {0:?}: use 1-64 characters from [A-Za-z0-9_.-]")]
+    BadId(String),
+    #[error("sandbox {id} already exists ({path})")]
+    Exists { id: String, path: PathBuf },
+    #[error("cannot create sandbox directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error("cannot start the VM: {0}")]
+    Launch(#[from] HypervisorError),
+    #[error("the guest did not become ready: {reason}; serial log: {}{details}", serial_log.display())]
+    BootFailed {
+        reason: String,
+        /// Where the guest's console output was kept.
+        serial_log: PathBuf,
+        /// Tails of the serial log and the VM processes' logs.
+        details: String,
+    },
+    #[error("the VM is gone: {0}")]
+    VmExited(ExitEvent),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// What to start. `None` takes the configuration's default.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    /// Sandbox id (names its directory); random when `None`.
+    pub id: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// Overrides the configured hypervisor.
+    pub hypervisor: Option<HypervisorKind>,
+    /// virtio-blk drives attached at boot.
+    pub drives: Vec<Drive>,
+    /// Empty drive slots (ampoule backend only).
+    pub drive_slots: Vec<String>,
+    /// Extra kernel parameters, after the configured ones.
+    pub kernel_params: Vec<String>,
+    /// Overrides the configured boot timeout.
+    pub boot_timeout: Option<Duration>,
+}
+
+/// Where the boot time went, measured from the start of [`Sandbox::start`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BootTimings {
+    /// The VM's processes were spawned (vhost-device-vsock socket ready, VMM started).
+    pub launched: Duration,
+    /// The agent announced readiness.
+    pub ready: Duration,
+    /// The ttrpc connection to the agent is open.
+    pub connected: Duration,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// The guest powered off by itself after Shutdown (not killed).
+    pub graceful: bool,
+    /// How the VM process ended.
+    pub vm_exit: Option<ExitEvent>,
+}
+
+/// A running microVM with its agent connected.
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    vsock_uds: PathBuf,
+    serial_log: PathBuf,
+    choice: BackendChoice,
+    vcpus: u32,
+    memory_mib: u32,
+    vm: ProcessGroup,
+    agent: AgentClient,
+    agent_version: String,
+    boot_time: Duration,
+    timings: BootTimings,
+    cleaned: bool,
+}
+
+/// Checks a sandbox id.
+pub fn validate_id(id: &str) -> Result<(), SandboxError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::BadId(id.to_string()))
+    }
+}
+
+/// A random 16-hex-digit id.
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// The kernel command line for a sandbox.
+pub fn build_cmdline(
+    backend_params: &[String],
+    config_params: &str,
+    spec_params: &[String],
+) -> String {
+    let mut parts: Vec<&str> = BASE_CMDLINE.split_whitespace().collect();
+    parts.extend(backend_params.iter().map(String::as_str));
+    parts.extend(config_params.split_whitespace());
+    parts.extend(spec_params.iter().map(String::as_str));
+    parts.join(" ")
+}
+
+fn check_guest_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
+    let err = |reason: String| SandboxError::GuestImage {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Copies the serial log out of the sandbox directory before it is removed.
+fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str) -> PathBuf {
+    let name = format!("{id}-serial.log");
+    for dir in [log_dir.to_path_buf(), std::env::temp_dir()] {
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let dest = dir.join(&name);
+            if std::fs::copy(serial, &dest).is_ok() || std::fs::write(&dest, b"").is_ok() {
+                return dest;
+            }
+        }
+    }
+    serial.to_path_buf()
+}
+
+fn remove_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove sandbox directory")
+        }
+    }
+}
+
+/// What failed during boot, before the cleanup turns it into an error.
+enum BootFailure {
+    Exited(ExitEvent),
+    Timeout(Duration),
+    Other(SandboxError),
+}
+
+impl Sandbox {
+    /// Boots a sandbox and connects to its agent.
+    pub async fn start(config: &Config, spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let t0 = Instant::now();
+        let vcpus = spec.vcpus.unwrap_or(config.vcpus);
+        let memory_mib = spec.memory_mib.unwrap_or(config.memory_mib);
+        config::validate_vcpus(vcpus)?;
+        config::validate_memory(memory_mib)?;
+        let id = match spec.id {
+            Some(id) => {
+                validate_id(&id)?;
+                id
+            }
+            None => random_id(),
+        };
+        check_guest_file("kernel", &config.kernel)?;
+        check_guest_file("initrd", &config.initrd)?;
+
+        let facts = HostFacts::probe(config);
+        let requested = spec.hypervisor.unwrap_or(config.hypervisor);
+        let choice = host::choose_backend(requested, config, &facts)?;
+        tracing::info!(
+            sandbox = %id,
+            backend = %choice.backend,
+            accel = choice.accel.as_str(),
+            reason = %choice.reason,
+            "hypervisor chosen"
+        );
+        let binary = match choice.backend {
+            host::Backend::Qemu => facts.qemu.clone(),
+            host::Backend::Ampoule => facts.ampoule_vmm.clone(),
+        }
+        .ok_or_else(|| HostError::NotAvailable {
+            backend: choice.backend.as_str(),
+            reason: "binary not found".into(),
+        })?;
+        let hv = hypervisor::for_backend(choice.backend, binary, facts.vhost_device_vsock.clone());
+
+        std::fs::create_dir_all(&config.run_dir).map_err(|source| SandboxError::Dir {
+            path: config.run_dir.clone(),
+            source,
+        })?;
+        let dir = config.run_dir.join(&id);
+        if let Err(source) = std::fs::create_dir(&dir) {
+            return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
+                SandboxError::Exists { id, path: dir }
+            } else {
+                SandboxError::Dir { path: dir, source }
+            });
+        }
+        let vm = VmConfig {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline: build_cmdline(
+                &hv.base_cmdline(),
+                &config.kernel_params,
+                &spec.kernel_params,
+            ),
+            vcpus,
+            memory_mib,
+            drives: spec.drives,
+            drive_slots: spec.drive_slots,
+            vsock_uds: dir.join("vsock.sock"),
+            serial_log: dir.join("serial.log"),
+            dir: dir.clone(),
+            accel: choice.accel,
+        };
+        let timeout = spec
+            .boot_timeout
+            .unwrap_or(Duration::from_millis(config.boot_timeout_ms));
+
+        match Self::boot(&*hv, &vm, timeout, t0).await {
+            Ok((group, agent, agent_version, timings)) => {
+                let boot_time = t0.elapsed();
+                tracing::info!(sandbox = %id, boot_ms = boot_time.as_millis() as u64, %agent_version, "sandbox ready");
+                Ok(Sandbox {
+                    id,
+                    dir,
+                    vsock_uds: vm.vsock_uds,
+                    serial_log: vm.serial_log,
+                    choice,
+                    vcpus,
+                    memory_mib,
+                    vm: group,
+                    agent,
+                    agent_version,
+                    boot_time,
+                    timings,
+                    cleaned: false,
+                })
+            }
+            Err((group, failure)) => {
+                if let Some(g) = &group {
+                    g.kill_all().await;
+                }
+                let err = match failure {
+                    BootFailure::Other(e) => {
+                        remove_dir(&dir);
+                        return Err(e);
+                    }
+                    BootFailure::Exited(e) => format!("{e} before the agent was ready"),
+                    BootFailure::Timeout(t) => {
+                        format!("no readiness from the agent within {} ms", t.as_millis())
+                    }
+                };
+                let kept = keep_serial_log(&vm.serial_log, &config.log_dir, &id);
+                let mut details = log_block("serial log tail", &kept, SERIAL_TAIL);
+                for name in ["qemu", "vhost-device-vsock", "ampoule-vmm"] {
+                    details.push_str(&log_block(name, &vm.process_log(name), 1500));
+                }
+                remove_dir(&dir);
+                Err(SandboxError::BootFailed {
+                    reason: err,
+                    serial_log: kept,
+                    details,
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn boot(
+        hv: &dyn hypervisor::Hypervisor,
+        vm: &VmConfig,
+        timeout: Duration,
+        t0: Instant,
+    ) -> Result<(ProcessGroup, AgentClient, String, BootTimings), (Option<ProcessGroup>, BootFailure)>
+    {
+        let mut timings = BootTimings::default();
+        let other = |e: SandboxError| (None, BootFailure::Other(e));
+        for p in [
+            &vm.vsock_uds,
+            &vsock::guest_port_path(&vm.vsock_uds, ampoule_agent_api::READY_PORT),
+        ] {
+            vsock::check_socket_path(p).map_err(|e| other(e.into()))?;
+        }
+        // Listen before the VM exists: the agent's announcement is the only
+        // signal we wait for (never poll the guest before it is ready).
+        let ready = ReadyListener::bind(&vm.vsock_uds).map_err(|e| other(e.into()))?;
+        let group = hv.launch(vm).await.map_err(|e| other(e.into()))?;
+        timings.launched = t0.elapsed();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let version = tokio::select! {
+            r = ready.accept() => match r {
+                Ok(v) => v,
+                Err(e) => return Err((Some(group), BootFailure::Other(e.into()))),
+            },
+            e = group.wait_first_exit() => return Err((Some(group), BootFailure::Exited(e))),
+            _ = &mut deadline => return Err((Some(group), BootFailure::Timeout(timeout))),
+        };
+        drop(ready);
+        timings.ready = t0.elapsed();
+        let agent = tokio::select! {
+            r = agent_client::connect_agent(&vm.vsock_uds, AGENT_CONNECT_TIMEOUT) => match r {
+                Ok(a) => a,
+                Err(e) => return Err((Some(group), BootFailure::Other(e.into()))),
+            },
+            e = group.wait_first_exit() => return Err((Some(group), BootFailure::Exited(e))),
+        };
+        timings.connected = t0.elapsed();
+        tracing::debug!(?timings, "boot timings");
+        Ok((group, agent, version, timings))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The sandbox's private directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Hybrid vsock socket of the VM.
+    pub fn vsock_uds(&self) -> &Path {
+        &self.vsock_uds
+    }
+    /// The guest console log (inside [`Sandbox::dir`]).
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+    /// Backend, accelerator and why.
+    pub fn backend(&self) -> &BackendChoice {
+        &self.choice
+    }
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus
+    }
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mib
+    }
+    /// The agent version from its readiness line.
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+    /// From `start` to the agent connected.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+    /// The phases of the boot.
+    pub fn boot_timings(&self) -> BootTimings {
+        self.timings
+    }
+    /// The raw ttrpc client. Prefer [`Sandbox::call`], which also notices the
+    /// VM dying.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+    /// pid of the VM process (QEMU or ampoule-vmm).
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.vm.pid_of(VM_PROCESS)
+    }
+    /// pids of every host process of this sandbox.
+    pub fn pids(&self) -> Vec<u32> {
+        self.vm.pids()
+    }
+    /// How the VM's processes ended, if they did.
+    pub fn exited(&self) -> Option<ExitEvent> {
+        self.vm.first_exit()
+    }
+    /// Waits until a process of the VM ends (for any reason).
+    pub async fn wait_exit(&self) -> ExitEvent {
+        self.vm.wait_first_exit().await
+    }
+
+    /// Runs an agent call; fails at once with [`SandboxError::VmExited`] if
+    /// the VM ends first.
+    pub async fn call<T, F>(&self, call: &'static str, fut: F) -> Result<T, SandboxError>
+    where
+        F: Future<Output = ttrpc::Result<T>>,
+    {
+        if let Some(e) = self.vm.first_exit() {
+            return Err(SandboxError::VmExited(e));
+        }
+        tokio::select! {
+            r = fut => r.map_err(|source| {
+                match self.vm.first_exit() {
+                    Some(e) => SandboxError::VmExited(e),
+                    None => AgentError::Call { call, source }.into(),
+                }
+            }),
+            e = self.vm.wait_first_exit() => Err(SandboxError::VmExited(e)),
+        }
+    }
+
+    /// The agent's Check.
+    pub async fn check(&self) -> Result<CheckResponse, SandboxError> {
+        let req = CheckRequest::new();
+        self.call(
+            "Check",
+            self.agent
+                .check(agent_client::ctx(DEFAULT_CALL_TIMEOUT), &req),
+        )
+        .await
+    }
+
+    /// Opens one stdio stream of a process (see `StdioConfig` in agent.proto).
+    pub async fn connect_stdio(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stream: StdioStream,
+    ) -> Result<UnixStream, SandboxError> {
+        if let Some(e) = self.vm.first_exit() {
+            return Err(SandboxError::VmExited(e));
+        }
+        Ok(vsock::connect_stdio(
+            &self.vsock_uds,
+            container_id,
+            exec_id,
+            stream,
+            AGENT_CONNECT_TIMEOUT,
+        )
+        .await?)
+    }
+
+    /// Shuts the guest down (Shutdown, bounded wait, then kill) and removes
+    /// every trace of the sandbox. Works on a hung guest or a dead VM too.
+    pub async fn stop(mut self) -> StopReport {
+        let mut graceful = false;
+        if self.vm.first_exit().is_none() {
+            let req = ShutdownRequest::new();
+            let call = self
+                .agent
+                .shutdown(agent_client::ctx(SHUTDOWN_CALL_TIMEOUT), &req);
+            match tokio::time::timeout(SHUTDOWN_CALL_TIMEOUT, call).await {
+                Ok(r) => {
+                    if let Err(e) = r {
+                        // The connection may close before the answer: the
+                        // guest acts right after answering.
+                        tracing::debug!(sandbox = %self.id, error = %e, "Shutdown call");
+                    }
+                    graceful = self.vm.wait_member(VM_PROCESS, SHUTDOWN_EXIT_TIMEOUT).await;
+                }
+                Err(_) => {
+                    tracing::warn!(sandbox = %self.id, "Shutdown call timed out; killing the VM")
+                }
+            }
+            if !graceful {
+                tracing::warn!(sandbox = %self.id, "guest did not power off in time; killing the VM");
+            }
+        }
+        let vm_exit = self.vm.first_exit();
+        self.vm.kill_all().await;
+        remove_dir(&self.dir);
+        self.cleaned = true;
+        tracing::info!(sandbox = %self.id, graceful, "sandbox stopped");
+        StopReport {
+            graceful: graceful && vm_exit.as_ref().map(|e| !e.killed_by_us).unwrap_or(true),
+            vm_exit: self.vm.first_exit(),
+        }
+    }
+
+    /// Kills the VM at once (no Shutdown) and removes every trace of the
+    /// sandbox: for a guest that holds nothing worth syncing (e.g. after its
+    /// only container exited).
+    pub async fn kill(mut self) -> StopReport {
+        self.vm.kill_all().await;
+        remove_dir(&self.dir);
+        self.cleaned = true;
+        tracing::info!(sandbox = %self.id, "sandbox killed");
+        StopReport {
+            graceful: false,
+            vm_exit: self.vm.first_exit(),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.cleaned {
+            // ProcessGroup's drop kills the processes (its tasks reap them);
+            // the directory goes now.
+            remove_dir(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_order_is_base_backend_config_spec() {
+        let c = build_cmdline(
+            &["reboot=t".into()],
+            " loglevel=3  ",
+            &["init=/nonexistent".into()],
+        );
+        assert_eq!(
+            c,
+            "console=ttyS0 quiet panic=-1 reboot=t loglevel=3 init=/nonexistent"
+        );
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("abc-1_2.3").is_ok());
+        assert!(validate_id(&"a".repeat(64)).is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", "..", &"a".repeat(65)] {
+            assert!(
+                matches!(validate_id(bad), Err(SandboxError::BadId(_))),
+                "{bad:?}"
+            );
+        }
+        let id = random_id();
+        assert_eq!(id.len(), 16);
+        assert!(validate_id(&id).is_ok());
+        assert_ne!(random_id(), random_id());
+    }
+
+    fn test_config(dir: &Path) -> Config {
+        Config {
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd.img"),
+            run_dir: dir.join("run"),
+            log_dir: dir.join("log"),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_kernel_or_initrd_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(dir.path());
+        let err = Sandbox::start(&config, SandboxSpec::default())
+            .await
+            .err()
+            .expect("fails");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("guest kernel") && msg.contains("vmlinux"),
+            "{msg}"
+        );
+        std::fs::write(&config.kernel, b"x").expect("write kernel");
+        let msg = Sandbox::start(&config, SandboxSpec::default())
+            .await
+            .err()
+            .expect("fails")
+            .to_string();
+        assert!(
+            msg.contains("guest initrd") && msg.contains("initrd.img"),
+            "{msg}"
+        );
+        assert!(!config.run_dir.exists(), "nothing created");
+    }
+
+    #[tokio::test]
+    async fn zero_vcpus_is_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(dir.path());
+        let spec = SandboxSpec {
+            vcpus: Some(0),
+            ..Default::default()
+        };
+        let msg = Sandbox::start(&config, spec)
+            .await
+            .err()
+            .expect("fails")
+            .to_string();
+        assert!(msg.contains("vcpus must be at least 1"), "{msg}");
+    }
+
+    #[test]
+    fn serial_log_is_kept_in_log_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serial = dir.path().join("serial.log");
+        std::fs::write(&serial, b"Kernel panic").expect("write");
+        let kept = keep_serial_log(&serial, &dir.path().join("logs"), "abc");
+        assert_eq!(kept, dir.path().join("logs/abc-serial.log"));
+        assert_eq!(std::fs::read(&kept).expect("read"), b"Kernel panic");
+    }
+}

@@ -1,0 +1,813 @@
+//! The runc-compatible `ampoule` CLI with real microVMs and a busybox bundle.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ampoule_tests::{host_kernel_release, show, vm_test, wait_until, CliEnv, VmLock};
+
+fn run_out(env: &CliEnv, id: &str, bundle: &std::path::Path) -> std::process::Output {
+    env.cmd()
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ampoule run")
+}
+
+/// `create` with its stdio on files: the container (its monitor) keeps the
+/// fds `create` was started with, so pipes would never reach EOF.
+fn create(
+    env: &CliEnv,
+    bundle: &std::path::Path,
+    id: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let dir = env.env.tmp.path();
+    let out_path = dir.join(format!("{id}.create.out"));
+    let err_path = dir.join(format!("{id}.create.err"));
+    let status = env
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(bundle)
+        .args(extra)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .status()
+        .expect("ampoule create");
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+fn assert_clean(env: &CliEnv) {
+    let left = env.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn run_uname_prints_the_guest_kernel_release_not_the_hosts() {
+    if !vm_test("run_uname_prints_the_guest_kernel_release_not_the_hosts") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["uname", "-r"], |_| {});
+    let out = run_out(&env, "uname", &b);
+    assert!(out.status.success(), "{}", show(&out));
+    let release = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!release.is_empty(), "{}", show(&out));
+    assert_ne!(release, host_kernel_release(), "uname ran in the guest");
+    assert_clean(&env);
+}
+
+#[test]
+fn run_exit_status_is_the_containers_and_sigkill_gives_137() {
+    if !vm_test("run_exit_status_is_the_containers_and_sigkill_gives_137") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sh", "-c", "echo before-exit; exit 7"], |_| {});
+    let out = run_out(&env, "exit7", &b);
+    assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "before-exit\n",
+        "output just before exit is kept"
+    );
+    // SIGKILL from outside (the container's init, as pid 1 of its
+    // namespace, cannot be killed from inside).
+    let b = env.bundle("k", &["sleep", "1000"], |_| {});
+    let child = env
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg("killed")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    assert!(
+        wait_until(60, || env.status("killed") == "running"),
+        "status {}",
+        env.status("killed")
+    );
+    let k = env
+        .cmd()
+        .args(["kill", "killed", "9"])
+        .output()
+        .expect("kill");
+    assert!(k.status.success(), "{}", show(&k));
+    let out = child.wait_with_output().expect("wait run");
+    assert_eq!(out.status.code(), Some(137), "{}", show(&out));
+    assert_clean(&env);
+}
+
+#[test]
+fn create_start_state_kill_delete_with_pid_file_and_states_at_every_step() {
+    if !vm_test("create_start_state_kill_delete_with_pid_file_and_states_at_every_step") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sleep", "1000"], |v| {
+        v["annotations"] = serde_json::json!({"org.example.note": "hi"});
+    });
+    let pid_file = env.env.tmp.path().join("pid");
+    let pid_arg = pid_file.display().to_string();
+    let out = create(&env, &b, "c1", &["--pid-file", &pid_arg]);
+    assert!(out.status.success(), "{}", show(&out));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid-file names a live process"
+    );
+    let st = env.state("c1").expect("state");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["pid"], pid);
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["bundle"], b.display().to_string());
+    assert_eq!(st["annotations"]["org.example.note"], "hi");
+
+    // start of a started container is refused; start of a created one works.
+    let out = env.cmd().args(["start", "c1"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.status("c1"), "running");
+    let again = env
+        .cmd()
+        .args(["start", "c1"])
+        .output()
+        .expect("start again");
+    assert!(
+        !again.status.success(),
+        "start of a running container: {}",
+        show(&again)
+    );
+
+    // delete without --force refuses a running container.
+    let out = env.cmd().args(["delete", "c1"]).output().expect("delete");
+    assert!(!out.status.success(), "{}", show(&out));
+
+    let out = env
+        .cmd()
+        .args(["kill", "c1", "KILL"])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "{}", show(&out));
+    // The pid-file process exits with the container.
+    assert!(
+        wait_until(20, || !std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)),
+        "pid-file process still alive after kill"
+    );
+    assert!(
+        wait_until(10, || env.status("c1") == "stopped"),
+        "status {}",
+        env.status("c1")
+    );
+    let out = env.cmd().args(["delete", "c1"]).output().expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(env.state("c1").is_none(), "state gone after delete");
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
+#[test]
+fn exec_ps_and_list_in_a_running_container() {
+    if !vm_test("exec_ps_and_list_in_a_running_container") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sleep", "1000"], |_| {});
+    let log = env.env.tmp.path().join("c2.out");
+    let status = env
+        .cmd()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&b)
+        .arg("c2")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("out file"))
+        .stderr(std::fs::File::create(env.env.tmp.path().join("c2.err")).expect("err file"))
+        .status()
+        .expect("run -d");
+    let out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(env.env.tmp.path().join("c2.err")).unwrap_or_default(),
+    };
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.status("c2"), "running");
+    let out = env
+        .cmd()
+        .args([
+            "exec",
+            "--env",
+            "X=42",
+            "c2",
+            "--",
+            "sh",
+            "-c",
+            "echo exec:$X; exit 3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("exec");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec:42\n");
+    let out = env
+        .cmd()
+        .args(["ps", "--format", "json", "c2"])
+        .output()
+        .expect("ps");
+    assert!(out.status.success(), "{}", show(&out));
+    let pids: Vec<u32> = serde_json::from_slice(&out.stdout).expect("ps json");
+    assert!(!pids.is_empty(), "{}", show(&out));
+    let out = env.cmd().args(["ps", "c2"]).output().expect("ps table");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sleep 1000"),
+        "{}",
+        show(&out)
+    );
+    let out = env
+        .cmd()
+        .args(["list", "--format", "json"])
+        .output()
+        .expect("list");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
+    assert_eq!(v[0]["id"], "c2");
+    assert_eq!(v[0]["status"], "running");
+    let out = env.cmd().args(["list", "-q"]).output().expect("list -q");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "c2\n");
+    // pause / resume.
+    let out = env.cmd().args(["pause", "c2"]).output().expect("pause");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.status("c2"), "paused");
+    let out = env.cmd().args(["resume", "c2"]).output().expect("resume");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.status("c2"), "running");
+    // exec --detach: the pid-file process ends when the exec'd process does.
+    let pid_file = env.env.tmp.path().join("exec.pid");
+    let out = env
+        .cmd()
+        .args(["exec", "--detach", "--pid-file"])
+        .arg(&pid_file)
+        .args(["c2", "--", "sleep", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("exec -d");
+    assert!(out.status.success(), "{}", show(&out));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    };
+    assert!(
+        wait_until(20, gone),
+        "exec --detach process {pid} still alive"
+    );
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "c2"])
+        .output()
+        .expect("delete -f");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
+#[test]
+fn one_mib_of_stdout_and_stderr_arrive_intact_and_stdin_reaches_the_process() {
+    if !vm_test("one_mib_of_stdout_and_stderr_arrive_intact_and_stdin_reaches_the_process") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    // seq 1 160000 is 1,012,896 bytes; 1 MiB+ with a tail.
+    let script = "seq 1 160000; seq 1 160000 >&2; head -c 50000 /dev/zero | tr '\\0' 'x'; echo; read line; echo got:$line";
+    let b = env.bundle("b", &["sh", "-c", script], |_| {});
+    let mut child = env
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg("io")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello-stdin\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr tail {:?}",
+        out.status,
+        tail(&out.stderr)
+    );
+    let mut expected: String = (1..=160000).map(|i| format!("{i}\n")).collect();
+    let seq_err = expected.clone();
+    expected.push_str(&"x".repeat(50000));
+    expected.push_str("\ngot:hello-stdin\n");
+    assert!(
+        out.stdout.len() > 1024 * 1024,
+        "stdout {} bytes",
+        out.stdout.len()
+    );
+    assert!(
+        out.stdout == expected.as_bytes(),
+        "stdout differs: {} bytes vs {} expected; tail {:?}",
+        out.stdout.len(),
+        expected.len(),
+        tail(&out.stdout)
+    );
+    assert!(
+        out.stderr.starts_with(seq_err.as_bytes()),
+        "stderr differs: {} bytes; tail {:?}",
+        out.stderr.len(),
+        tail(&out.stderr)
+    );
+    assert_clean(&env);
+}
+
+fn tail(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[b.len().saturating_sub(200)..]).into_owned()
+}
+
+#[test]
+fn hostname_env_cwd_and_uid_from_the_spec_are_honoured() {
+    if !vm_test("hostname_env_cwd_and_uid_from_the_spec_are_honoured") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle(
+        "b",
+        &["sh", "-c", "hostname; echo $FOO; pwd; id -u; id -g"],
+        |v| {
+            v["hostname"] = "box1".into();
+            v["process"]["env"]
+                .as_array_mut()
+                .expect("env")
+                .push("FOO=bar".into());
+            v["process"]["cwd"] = "/tmp".into();
+            v["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1001});
+        },
+    );
+    let out = run_out(&env, "ids", &b);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "box1\nbar\n/tmp\n1000\n1001\n",
+        "{}",
+        show(&out)
+    );
+    assert_clean(&env);
+}
+
+#[test]
+fn memory_limit_kills_a_process_that_allocates_more_and_pids_limit_holds() {
+    if !vm_test("memory_limit_kills_a_process_that_allocates_more_and_pids_limit_holds") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    // dd with a 200 MiB block allocates and touches 200 MiB.
+    let b = env.bundle(
+        "m",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],
+        |v| {
+            v["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 * 1024 * 1024}});
+        },
+    );
+    let out = run_out(&env, "oom", &b);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "killed by the OOM killer: {}",
+        show(&out)
+    );
+    // 10 pids at most: the shell cannot start 15 background sleeps.
+    let b = env.bundle(
+        "p",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do sleep 30 & done; echo all-started",
+        ],
+        |v| {
+            v["linux"]["resources"] = serde_json::json!({"pids": {"limit": 10}});
+        },
+    );
+    let out = run_out(&env, "pids", &b);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("all-started") && !out.status.success(),
+        "the pids limit let 15 processes start: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fork"),
+        "{}",
+        show(&out)
+    );
+    assert_clean(&env);
+}
+
+#[test]
+fn read_only_rootfs_refuses_writes_and_a_bind_mounted_host_file_is_visible() {
+    if !vm_test("read_only_rootfs_refuses_writes_and_a_bind_mounted_host_file_is_visible") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let host_file = env.env.tmp.path().join("greeting.txt");
+    std::fs::write(&host_file, "hello from the host\n").expect("write host file");
+    let b = env.bundle("b", &["sh", "-c", "cat /greeting; if touch /newfile 2>/dev/null; then echo writable; else echo read-only; fi"], |v| {
+        v["root"]["readonly"] = true.into();
+        v["mounts"].as_array_mut().expect("mounts").push(serde_json::json!({
+            "destination": "/greeting", "type": "bind", "source": host_file, "options": ["rbind", "ro"]
+        }));
+    });
+    // The mount point exists in the image (a read-only rootfs cannot get
+    // new mount points).
+    std::fs::write(b.join("rootfs/greeting"), "").expect("mount point");
+    let out = run_out(&env, "ro", &b);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the host\nread-only\n",
+        "{}",
+        show(&out)
+    );
+    assert_clean(&env);
+}
+
+#[test]
+fn console_socket_receives_a_pty_master_and_tty_reports_a_terminal() {
+    if !vm_test("console_socket_receives_a_pty_master_and_tty_reports_a_terminal") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sh", "-c", "tty; sleep 1"], |v| {
+        v["process"]["terminal"] = true.into();
+    });
+    let sock = env.env.tmp.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind console socket");
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().expect("accept");
+        recv_fd(&conn)
+    });
+    let out = env
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg("tty1")
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "{}", show(&out));
+    let master = receiver.join().expect("receiver thread");
+    let out = env.cmd().args(["start", "tty1"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    let mut text = String::new();
+    let mut f = std::fs::File::from(master);
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let mut acc = Vec::new();
+        while !String::from_utf8_lossy(&acc).contains("/dev/pts") {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => acc.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&acc).into_owned()
+    });
+    if wait_until(30, || reader.is_finished()) {
+        text = reader.join().expect("reader");
+    }
+    assert!(text.contains("/dev/pts/"), "tty output: {text:?}");
+    assert!(
+        wait_until(20, || env.status("tty1") == "stopped"),
+        "status {}",
+        env.status("tty1")
+    );
+    let out = env.cmd().args(["delete", "tty1"]).output().expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
+fn recv_fd(conn: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg");
+    for c in msg.cmsgs().expect("cmsgs") {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS just gave this process a new descriptor
+                // that nothing else owns.
+                return unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+            }
+        }
+    }
+    panic!("no fd received on the console socket");
+}
+
+#[test]
+fn bad_bundles_and_ids_give_clear_errors_and_leave_nothing() {
+    let env = CliEnv::new();
+    let create = |bundle: &std::path::Path, id: &str| {
+        env.cmd()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .output()
+            .expect("create")
+    };
+    let expect_err = |out: &std::process::Output, needle: &str| {
+        assert!(!out.status.success(), "{}", show(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "stderr should mention {needle:?}: {}",
+            show(out)
+        );
+    };
+    // No config.json.
+    let empty = env.env.tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("rootfs")).expect("mkdir");
+    expect_err(&create(&empty, "a"), "no config.json");
+    // Invalid JSON.
+    std::fs::write(empty.join("config.json"), "{ not json").expect("write");
+    expect_err(&create(&empty, "a"), "invalid");
+    // Unknown namespace type.
+    let b = env.bundle("ns", &["true"], |v| {
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]);
+    });
+    expect_err(&create(&b, "a"), "bogus");
+    // Missing rootfs.
+    let b = env.bundle("nr", &["true"], |_| {});
+    std::fs::remove_dir_all(b.join("rootfs")).expect("rm rootfs");
+    expect_err(&create(&b, "a"), "rootfs");
+    // Unknown id.
+    for cmd in [
+        &["state", "nope"][..],
+        &["start", "nope"],
+        &["kill", "nope"],
+        &["delete", "nope"],
+    ] {
+        expect_err(
+            &env.cmd().args(cmd).output().expect("cmd"),
+            "does not exist",
+        );
+    }
+    // Invalid id.
+    expect_err(
+        &env.cmd().args(["state", "../x"]).output().expect("state"),
+        "invalid container id",
+    );
+    assert!(
+        env.leftovers().is_empty(),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
+#[test]
+fn duplicate_id_missing_binary_and_start_of_a_stopped_container_are_refused() {
+    if !vm_test("duplicate_id_missing_binary_and_start_of_a_stopped_container_are_refused") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["true"], |_| {});
+    let out = create(&env, &b, "d1", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let dup = create(&env, &b, "d1", &[]);
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{}",
+        show(&dup)
+    );
+    let out = env.cmd().args(["start", "d1"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_until(20, || env.status("d1") == "stopped"),
+        "status {}",
+        env.status("d1")
+    );
+    let again = env
+        .cmd()
+        .args(["start", "d1"])
+        .output()
+        .expect("start stopped");
+    assert!(!again.status.success(), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("stopped"),
+        "{}",
+        show(&again)
+    );
+    let out = env.cmd().args(["delete", "d1"]).output().expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+
+    // args[0] not in the image: create or run fails, nothing remains.
+    let b = env.bundle("nb", &["/no/such/binary"], |_| {});
+    let out = run_out(&env, "nobin", &b);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/binary"), "{}", show(&out));
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
+#[test]
+fn twenty_create_start_delete_cycles_leave_nothing_behind() {
+    if !vm_test("twenty_create_start_delete_cycles_leave_nothing_behind") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sleep", "1000"], |_| {});
+    for i in 0..20 {
+        let id = format!("cyc{i}");
+        let out = create(&env, &b, &id, &[]);
+        assert!(out.status.success(), "cycle {i}: {}", show(&out));
+        let out = env.cmd().args(["start", &id]).output().expect("start");
+        assert!(out.status.success(), "cycle {i}: {}", show(&out));
+        let out = env
+            .cmd()
+            .args(["delete", "--force", &id])
+            .output()
+            .expect("delete");
+        assert!(out.status.success(), "cycle {i}: {}", show(&out));
+        assert!(
+            wait_until(10, || env.leftovers().is_empty()),
+            "cycle {i}: left behind: {:#?}",
+            env.leftovers()
+        );
+    }
+}
+
+#[test]
+fn spec_features_and_version_work_without_a_vm() {
+    let env = CliEnv::new();
+    let dir = env.env.tmp.path().join("s");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = env
+        .cmd()
+        .args(["spec", "--bundle"])
+        .arg(&dir)
+        .output()
+        .expect("spec");
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(v["root"]["path"], "rootfs");
+    let again = env
+        .cmd()
+        .args(["spec", "--bundle"])
+        .arg(&dir)
+        .output()
+        .expect("spec again");
+    assert!(
+        !again.status.success(),
+        "spec refuses to overwrite: {}",
+        show(&again)
+    );
+    let out = env.cmd().arg("features").output().expect("features");
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).expect("features json");
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|n| !n.is_empty()));
+    let out = Command::new(ampoule_tests::ampoule_bin())
+        .arg("--version")
+        .output()
+        .expect("version");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ampoule"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn json_log_format_writes_runc_style_error_lines() {
+    let env = CliEnv::new();
+    let log = env.env.tmp.path().join("log.json");
+    let out = env
+        .cmd()
+        .args(["--log"])
+        .arg(&log)
+        .args(["--log-format", "json", "state", "missing"])
+        .output()
+        .expect("state");
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let line = text.lines().last().expect("a log line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(v["level"], "error");
+    assert!(
+        v["msg"].as_str().unwrap_or("").contains("missing"),
+        "{line}"
+    );
+    assert!(v["time"].is_string());
+    let _ = Duration::from_secs(0);
+}
+
+#[test]
+fn container_whose_vm_died_reports_stopped_and_delete_cleans_up() {
+    if !vm_test("container_whose_vm_died_reports_stopped_and_delete_cleans_up") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let b = env.bundle("b", &["sleep", "1000"], |_| {});
+    let out = create(&env, &b, "vmdies", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.cmd().args(["start", "vmdies"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.status("vmdies"), "running");
+    // Kill the VM process itself (QEMU or ampoule-vmm), not the monitor.
+    let vms: Vec<i32> = ampoule_tests::processes_mentioning(&env.root)
+        .iter()
+        .filter(|p| p.contains("qemu-system") || p.contains("ampoule-vmm"))
+        .filter_map(|p| p.split(':').next().and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(
+        vms.len(),
+        1,
+        "one VM process: {:#?}",
+        ampoule_tests::processes_mentioning(&env.root)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vms[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill VM");
+    assert!(
+        wait_until(20, || env.status("vmdies") == "stopped"),
+        "status {}",
+        env.status("vmdies")
+    );
+    let out = env
+        .cmd()
+        .args(["delete", "vmdies"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
