@@ -269,14 +269,15 @@ impl Sandbox {
                 SandboxError::Dir { path: dir, source }
             });
         }
+        let mut backend_params = hv.base_cmdline();
+        if choice.accel == host::Accel::Tcg {
+            let tsc_khz = hypervisor::tcg_tuning::host_tsc_khz(&config.run_dir.join("tsc_khz"));
+            backend_params.extend(hypervisor::tcg_tuning::tcg_kernel_params(vcpus, tsc_khz));
+        }
         let vm = VmConfig {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
-            cmdline: build_cmdline(
-                &hv.base_cmdline(),
-                &config.kernel_params,
-                &spec.kernel_params,
-            ),
+            cmdline: build_cmdline(&backend_params, &config.kernel_params, &spec.kernel_params),
             vcpus,
             memory_mib,
             drives: spec.drives,

@@ -6,6 +6,7 @@
 
 pub mod ampoule;
 pub mod qemu;
+pub mod tcg_tuning;
 
 use std::path::{Path, PathBuf};
 
