@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`host`]: what the host offers and which backend runs a sandbox.
+//! - [`host_cgroup`]: placing VM processes in `linux.cgroupsPath` on the host.
 //! - [`hypervisor`]: the `Hypervisor` interface, `qemu` and `ampoule` backends.
 //! - [`vsock`]: hybrid vsock (host side) and the agent's readiness signal.
 //! - [`agent_client`]: the ttrpc client of the guest agent.
@@ -13,6 +14,7 @@ pub mod check;
 pub mod config;
 pub mod container;
 pub mod host;
+pub mod host_cgroup;
 pub mod hypervisor;
 pub mod process;
 pub mod sandbox;

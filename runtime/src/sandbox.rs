@@ -188,8 +188,11 @@ fn check_guest_file(what: &'static str, path: &Path) -> Result<(), SandboxError>
     Ok(())
 }
 
-/// Copies the serial log out of the sandbox directory before it is removed.
-fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str) -> PathBuf {
+/// Copies the serial log `serial` out of the sandbox directory before it is
+/// removed, to `<log_dir>/<id>-serial.log` (or the temporary directory when
+/// `log_dir` cannot be written). Returns where it went (`serial` itself when
+/// nothing could be written).
+pub fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str) -> PathBuf {
     let name = format!("{id}-serial.log");
     for dir in [log_dir.to_path_buf(), std::env::temp_dir()] {
         if std::fs::create_dir_all(&dir).is_ok() {

@@ -81,7 +81,8 @@ pub async fn cleanup_vm(record: &VmRecord) {
         }
     }
     let cgroups = record.cgroups.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove(&cgroups)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || ampoule_runtime::host_cgroup::remove(&cgroups)).await;
 }
 
 /// Removes the shim socket of `id`'s group unless a shim still serves it.

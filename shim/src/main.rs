@@ -8,13 +8,11 @@
 //!   files, cgroups), print a DeleteResponse.
 //! - no action with `-socket`: serve the task API until Shutdown.
 
-mod cgroup;
 mod cleanup;
 mod events;
 mod io;
 mod logging;
 mod process;
-mod rootfs;
 mod server;
 mod service;
 mod start;

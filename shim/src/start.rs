@@ -12,8 +12,6 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
-
 /// Annotation CRI sets on every container: `sandbox` or `container`.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// Annotation CRI sets on every container: the id of its pod's sandbox.
@@ -61,11 +59,7 @@ pub fn grouping(id: &str, annotations: &HashMap<String, String>) -> String {
     id.to_string()
 }
 
-/// Hex SHA-256 of `parts` joined with `/`.
-pub fn hash_hex(parts: &[&str]) -> String {
-    let digest = Sha256::digest(parts.join("/").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use ampoule_runtime::container::rootfs::hash_hex;
 
 /// `unix:///run/containerd/s/<sha256(containerd address/namespace/group)>`:
 /// one per (containerd, namespace, pod), always 83 bytes of path.

@@ -2,7 +2,6 @@
 //! the pod's microVM, drive slots, agent calls, stdio streams, stopping.
 //! The task service knows containerd; this module knows the sandbox.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,12 +14,7 @@ use ampoule_runtime::{Config, Sandbox, SandboxError, SandboxSpec};
 use tokio::net::UnixStream;
 
 use crate::io::{GuestStreams, StdioPaths};
-use crate::rootfs::{self, RootfsError};
-
-/// Annotation overriding the pod's vCPUs.
-pub const ANNOTATION_VCPUS: &str = "io.ampoule.vcpus";
-/// Annotation overriding the pod's memory, MiB.
-pub const ANNOTATION_MEMORY_MIB: &str = "io.ampoule.memory_mib";
+use ampoule_runtime::container::rootfs::{self, RootfsError};
 
 /// WaitProcess blocks until the process ends: no deadline of its own.
 const WAIT_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -33,8 +27,8 @@ pub enum VmError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
-    #[error("annotation {name}={value:?} is not a number")]
-    Annotation { name: &'static str, value: String },
+    #[error(transparent)]
+    Container(#[from] ampoule_runtime::container::ContainerError),
 }
 
 impl VmError {
@@ -48,22 +42,6 @@ impl VmError {
 /// first, then `AMPOULE_CONFIG`, then the default file.
 pub fn load_config(config_path: Option<&str>) -> Result<Config, VmError> {
     Ok(Config::load(config_path.map(Path::new))?)
-}
-
-/// Per-pod VM overrides from the sandbox container's annotations.
-pub fn sizes_from_annotations(
-    annotations: &HashMap<String, String>,
-) -> Result<(Option<u32>, Option<u32>), VmError> {
-    let num = |name: &'static str| -> Result<Option<u32>, VmError> {
-        match annotations.get(name) {
-            None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| VmError::Annotation {
-                name,
-                value: v.clone(),
-            }),
-        }
-    };
-    Ok((num(ANNOTATION_VCPUS)?, num(ANNOTATION_MEMORY_MIB)?))
 }
 
 /// Where the erofs images of layers are cached.
@@ -217,13 +195,12 @@ impl Pod {
     /// Copies the guest console log out of the sandbox directory (which
     /// goes when the VM stops) to `<log_dir>/<sandbox id>-serial.log`, as the
     /// runtime does after a failed boot. Returns where it went.
-    pub fn keep_serial_log(&self) -> Option<PathBuf> {
-        std::fs::create_dir_all(&self.log_dir).ok()?;
-        let dest = self
-            .log_dir
-            .join(format!("{}-serial.log", self.sandbox.id()));
-        std::fs::copy(self.sandbox.serial_log(), &dest).ok()?;
-        Some(dest)
+    pub fn keep_serial_log(&self) -> PathBuf {
+        ampoule_runtime::sandbox::keep_serial_log(
+            self.sandbox.serial_log(),
+            &self.log_dir,
+            self.sandbox.id(),
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -548,18 +525,6 @@ impl Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_from_annotations_parse_or_name_the_bad_one() {
-        let mut a = HashMap::new();
-        assert_eq!(sizes_from_annotations(&a).unwrap(), (None, None));
-        a.insert(ANNOTATION_VCPUS.to_string(), "2".to_string());
-        a.insert(ANNOTATION_MEMORY_MIB.to_string(), " 512 ".to_string());
-        assert_eq!(sizes_from_annotations(&a).unwrap(), (Some(2), Some(512)));
-        a.insert(ANNOTATION_VCPUS.to_string(), "two".to_string());
-        let e = sizes_from_annotations(&a).unwrap_err().to_string();
-        assert!(e.contains(ANNOTATION_VCPUS) && e.contains("two"), "{e}");
-    }
 
     #[test]
     fn stdio_config_follows_the_fifos() {

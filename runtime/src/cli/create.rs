@@ -195,14 +195,16 @@ async fn prepare(
     let store = ctx.store();
     let state_dir = store.dir(id);
     let t0 = std::time::Instant::now();
-    let image = rootfs::rootfs_image(&bundle.rootfs, &ctx.config.cache_dir)?;
+    let image = rootfs::rootfs_image(&bundle.rootfs, &ctx.config.cache_dir)
+        .map_err(container::ContainerError::from)?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rootfs image ready");
     let binds = bundle.bind_sources();
     let binds_image = if binds.is_empty() {
         None
     } else {
         let out = state_dir.join("binds.erofs");
-        rootfs::binds_image(&binds, &state_dir.join("binds-staging"), &out)?;
+        rootfs::binds_image(&binds, &state_dir.join("binds-staging"), &out)
+            .map_err(container::ContainerError::from)?;
         Some(out)
     };
     let (vcpus, memory_mib) = container::sandbox_size(&bundle.spec, &ctx.config)?;

@@ -45,10 +45,8 @@ pub enum ContainerError {
         value: String,
         reason: String,
     },
-    #[error("building the rootfs image: {0}")]
-    Image(String),
-    #[error("bind mount source {0} does not exist")]
-    NoBindSource(PathBuf),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
 }
 
 /// A loaded OCI bundle.

@@ -21,10 +21,11 @@ use crate::cleanup::{self, VmRecord};
 use crate::events::{now, Events};
 use crate::io::{ProcessIo, StdioPaths};
 use crate::process::{exit_status, vm_death_status};
-use crate::rootfs::{self, MountSpec};
 use crate::start::{self, config_path_from_options};
 use crate::stats;
 use crate::vm::{self, Pod, VmError};
+use ampoule_runtime::container::rootfs::{self, MountSpec};
+use ampoule_runtime::container::{self, ContainerError};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -229,7 +230,7 @@ impl TaskService {
                 mounts
             };
             let layers = rootfs::parse_mounts(&mounts)?;
-            rootfs::rootfs_image(&layers, &cache).map(|i| vec![i])
+            rootfs::layers_image(&layers, &cache).map(|i| vec![i])
         })
         .await;
         match r {
@@ -251,8 +252,16 @@ impl TaskService {
         config: &ampoule_runtime::Config,
         images: &[PathBuf],
     ) -> Result<(Arc<Pod>, Vec<ampoule_agent_api::BlockDevice>), VmError> {
-        let sizes = vm::sizes_from_annotations(&annotations(spec))?;
-        let (pod, devices) = Pod::boot(config, id, sizes, images).await?;
+        // The pod's size: the runtime's rule (annotations io.ampoule.vcpus /
+        // io.ampoule.memory_mib, else the configured default or what the
+        // sandbox's linux.resources asks, whichever is larger).
+        let oci: oci_spec::runtime::Spec =
+            serde_json::from_value(spec.clone()).map_err(|e| ContainerError::BadSpec {
+                path: bundle.join("config.json"),
+                message: e.to_string(),
+            })?;
+        let (vcpus, memory_mib) = container::sandbox_size(&oci, config)?;
+        let (pod, devices) = Pod::boot(config, id, (Some(vcpus), Some(memory_mib)), images).await?;
         let pod = Arc::new(pod);
         tracing::info!(
             sandbox = %id,
@@ -264,7 +273,11 @@ impl TaskService {
         // The VM's processes go into the pod's cgroup on the host.
         let mut cgroups = Vec::new();
         if let Some(path) = cgroups_path(spec) {
-            match crate::cgroup::place(Path::new("/sys/fs/cgroup"), &path, &pod.pids()) {
+            match ampoule_runtime::host_cgroup::place(
+                Path::new("/sys/fs/cgroup"),
+                &path,
+                &pod.pids(),
+            ) {
                 Ok(created) => cgroups = created,
                 Err(e) => tracing::warn!(error = %e, "placing the VM in the pod cgroup"),
             }
@@ -293,7 +306,7 @@ impl TaskService {
         self.track(tokio::spawn(async move {
             let (what, signal) = p.wait_exit().await;
             let kept = p.keep_serial_log();
-            tracing::error!(vm = %what, serial_log = ?kept, "the pod's VM ended");
+            tracing::error!(vm = %what, serial_log = %kept.display(), "the pod's VM ended");
             // Waiters see the VM gone too; give them a moment, then end
             // whatever is left (created-but-not-started processes).
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -421,7 +434,8 @@ impl TaskService {
             );
         }
         let cgroups = std::mem::take(&mut *lock(&self.inner.host_cgroups));
-        let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove(&cgroups)).await;
+        let _ = tokio::task::spawn_blocking(move || ampoule_runtime::host_cgroup::remove(&cgroups))
+            .await;
     }
 
     /// Stops the pod's VM, then lets the server exit.

@@ -1,7 +1,6 @@
 //! A task's rootfs as containerd hands it over (overlay or bind mounts of
 //! snapshot directories), turned into one read-only erofs image per
-//! container, cached per snapshot chain; and the drive slots that bring
-//! images into a running microVM without hotplug.
+//! container, cached per snapshot chain.
 //!
 //! One image per container, not one per layer: QEMU's microvm machine has
 //! 8 virtio-mmio transports in all (vsock, drives, later the NIC), so a
@@ -9,74 +8,11 @@
 //! rootfs uses that layer's image; several layers are merged first (a
 //! read-only overlay of the lower dirs, mounted briefly on the host, with
 //! whiteouts applied) and the merged image is cached by the chain.
-//!
-//! Drive slots: every sandbox boots with `slot_count()` extra read-only
-//! virtio-blk drives, each backed by a sparse file of `SLOT_BYTES`. Filling
-//! a slot writes an image into its file in place (same inode, which the VM
-//! process holds open; its reads go through the host page cache, so they
-//! see the new bytes). The guest has never mounted the slot; the page cache
-//! of a block device is dropped on its last close (after the boot-time
-//! partition scan), so its first mount reads the image. This needs nothing
-//! from the hypervisor beyond drives at boot, so it works on QEMU microvm
-//! (no virtio-mmio hotplug, no medium change on virtio-blk) and on
-//! ampoule-vmm alike. A slot is used once per sandbox: reusing one after its
-//! container is gone would depend on the guest having dropped its cache.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::start::hash_hex;
-
-/// virtio-mmio transports of QEMU's microvm machine: every virtio device
-/// of a sandbox (vsock, drives, a NIC) takes one.
-pub const VIRTIO_TRANSPORTS: usize = 8;
-/// Transports kept for devices other than drives: vsock, and a NIC.
-pub const RESERVED_TRANSPORTS: usize = 2;
-
-/// Drive slots to declare at boot for containers added later to the pod,
-/// when `boot_drives` drives are attached at boot: whatever transports are
-/// left (5 with one rootfs image, 4 with a bind sources image too).
-pub fn slot_count(boot_drives: usize) -> usize {
-    VIRTIO_TRANSPORTS.saturating_sub(RESERVED_TRANSPORTS + boot_drives)
-}
-/// Apparent size of a slot file (sparse: costs only what is written).
-pub const SLOT_BYTES: u64 = 4 << 30;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RootfsError {
-    #[error("no rootfs mount in the task request")]
-    NoMount,
-    #[error("unsupported rootfs mount type {0:?} (overlay or bind expected)")]
-    UnsupportedType(String),
-    #[error("overlay rootfs mount without lowerdir: options {0:?}")]
-    NoLowerdir(Vec<String>),
-    #[error("rootfs layer {path} is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error("mkfs.erofs failed for {dir}: {reason}")]
-    Mkfs { dir: PathBuf, reason: String },
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("image {path} ({size} bytes) does not fit a drive slot of {SLOT_BYTES} bytes")]
-    TooBig { path: PathBuf, size: u64 },
-    #[error("all drive slots of the sandbox are used ({VIRTIO_TRANSPORTS} virtio devices at most on microvm): no room for another container image")]
-    NoFreeSlot,
-}
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RootfsError + 'a {
-    move |source| RootfsError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use super::{hash_hex, io, mkfs_erofs, pack_sources, RootfsError, Timestamps};
 
 /// One mount of CreateTaskRequest.rootfs, decoupled from the protobuf type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,8 +114,7 @@ pub fn cache_key(dir: &Path) -> Result<String, RootfsError> {
 }
 
 /// The erofs image of `dir`: from `cache` when built before (immutable
-/// layers), else built with `mkfs.erofs` into a temporary file and renamed
-/// into place, so a half-built image is never used.
+/// layers), else built with [`mkfs_erofs`].
 pub fn erofs_image(dir: &Path, cache: &Path, immutable: bool) -> Result<PathBuf, RootfsError> {
     std::fs::create_dir_all(cache).map_err(io("creating cache", cache))?;
     let key = cache_key(dir)?;
@@ -193,40 +128,12 @@ pub fn erofs_image(dir: &Path, cache: &Path, immutable: bool) -> Result<PathBuf,
         tracing::debug!(dir = %dir.display(), image = %image.display(), "erofs cache hit");
         return Ok(image);
     }
-    erofs_image_named(dir, &image, cache, &key)?;
+    mkfs_erofs(dir, &image, Timestamps::Keep)?;
     Ok(image)
 }
 
-/// Builds `image` from `dir` through a temporary file in `cache`.
-fn erofs_image_named(dir: &Path, image: &Path, cache: &Path, key: &str) -> Result<(), RootfsError> {
-    let tmp = cache.join(format!(".{key}.{}.tmp", std::process::id()));
-    let out = Command::new("mkfs.erofs")
-        .arg("--quiet")
-        .arg(&tmp)
-        .arg(dir)
-        .output()
-        .map_err(|e| RootfsError::Mkfs {
-            dir: dir.to_path_buf(),
-            reason: format!("running mkfs.erofs (package erofs-utils): {e}"),
-        })?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(RootfsError::Mkfs {
-            dir: dir.to_path_buf(),
-            reason: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    std::fs::rename(&tmp, image).map_err(io("renaming image", image))?;
-    tracing::info!(dir = %dir.display(), image = %image.display(), "erofs image built");
-    Ok(())
-}
-
 /// The one erofs image of a container's rootfs (see the module doc).
-pub fn rootfs_image(layers: &Layers, cache: &Path) -> Result<PathBuf, RootfsError> {
+pub fn layers_image(layers: &Layers, cache: &Path) -> Result<PathBuf, RootfsError> {
     match layers.lower.as_slice() {
         [] => Err(RootfsError::NoMount),
         [one] => erofs_image(one, cache, layers.immutable),
@@ -266,49 +173,12 @@ pub fn rootfs_image(layers: &Layers, cache: &Path) -> Result<PathBuf, RootfsErro
                     source: e.into(),
                 });
             }
-            let built = erofs_image_named(&mnt, &image, cache, &key);
+            let built = mkfs_erofs(&mnt, &image, Timestamps::Keep);
             let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&mnt);
             built.map(|()| image)
         }
     }
-}
-
-/// Creates a sparse slot file of `SLOT_BYTES`.
-pub fn create_slot(path: &Path) -> Result<(), RootfsError> {
-    let f = File::create(path).map_err(io("creating drive slot", path))?;
-    f.set_len(SLOT_BYTES)
-        .map_err(io("sizing drive slot", path))?;
-    Ok(())
-}
-
-/// Writes `image` at the start of the slot file `slot`, in place.
-pub fn fill_slot(slot: &Path, image: &Path) -> Result<(), RootfsError> {
-    let mut src = File::open(image).map_err(io("opening image", image))?;
-    let size = src.metadata().map_err(io("reading image", image))?.len();
-    if size > SLOT_BYTES {
-        return Err(RootfsError::TooBig {
-            path: image.to_path_buf(),
-            size,
-        });
-    }
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .open(slot)
-        .map_err(io("opening drive slot", slot))?;
-    dst.seek(SeekFrom::Start(0))
-        .map_err(io("seeking drive slot", slot))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src.read(&mut buf).map_err(io("reading image", image))?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])
-            .map_err(io("writing drive slot", slot))?;
-    }
-    dst.sync_data().map_err(io("syncing drive slot", slot))?;
-    Ok(())
 }
 
 /// Bind mounts of a spec, brought into the guest: there is no shared
@@ -328,7 +198,7 @@ pub fn bind_sources_image(
         return Ok(None);
     };
     let staging = work.join(format!("{name}.binds"));
-    let mut any = false;
+    let mut sources = Vec::new();
     for m in mounts.iter_mut() {
         let typ = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
         let opts: Vec<String> = m
@@ -368,42 +238,32 @@ pub fn bind_sources_image(
             );
             continue;
         }
-        let rel = src.strip_prefix("/").unwrap_or(src);
-        let target = staging.join(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("creating bind staging", parent))?;
-        }
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg("-T")
-            .arg(src)
-            .arg(&target)
-            .output()
-            .map_err(io("copying bind source", src))?;
-        if !out.status.success() {
-            return Err(RootfsError::Io {
-                what: "copying bind source",
-                path: src.to_path_buf(),
-                source: std::io::Error::other(
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                ),
-            });
-        }
-        any = true;
+        sources.push((src.to_path_buf(), src.to_path_buf()));
     }
-    if !any {
-        let _ = std::fs::remove_dir_all(&staging);
+    if sources.is_empty() {
         return Ok(None);
     }
     let image = work.join(format!("{name}.binds.erofs"));
-    let built = erofs_image_named(&staging, &image, work, name);
-    let _ = std::fs::remove_dir_all(&staging);
-    built.map(|()| Some(image))
+    pack_sources(&sources, &staging, &image, Timestamps::Keep)?;
+    Ok(Some(image))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
+
     use super::*;
+    use crate::container::rootfs::MKFS_EROFS;
+
+    /// Whether `mkfs.erofs` is installed; says the test is skipped if not.
+    fn mkfs_available(test: &str) -> bool {
+        let found = crate::host::resolve_binary(Path::new(MKFS_EROFS)).is_some();
+        if !found {
+            println!("SKIPPED: {test}: {MKFS_EROFS} not installed");
+        }
+        found
+    }
 
     fn overlay(opts: &[&str]) -> MountSpec {
         MountSpec {
@@ -490,33 +350,8 @@ mod tests {
     }
 
     #[test]
-    fn slots_fill_the_transports_left() {
-        assert_eq!(slot_count(1), 5);
-        assert_eq!(slot_count(2), 4);
-        assert_eq!(slot_count(9), 0);
-    }
-
-    #[test]
-    fn slot_is_filled_in_place() {
-        let d = tempfile::tempdir().unwrap();
-        let slot = d.path().join("slot0");
-        create_slot(&slot).unwrap();
-        let ino = std::fs::metadata(&slot).unwrap().ino();
-        let img = d.path().join("img");
-        std::fs::write(&img, b"EROFS-ish").unwrap();
-        fill_slot(&slot, &img).unwrap();
-        let md = std::fs::metadata(&slot).unwrap();
-        assert_eq!(md.ino(), ino);
-        assert_eq!(md.len(), SLOT_BYTES);
-        let mut head = [0u8; 9];
-        File::open(&slot).unwrap().read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"EROFS-ish");
-    }
-
-    #[test]
     fn several_layers_merge_into_one_image() {
-        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
-            println!("SKIPPED: several_layers_merge_into_one_image: mkfs.erofs not installed");
+        if !mkfs_available("several_layers_merge_into_one_image") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -530,7 +365,7 @@ mod tests {
             immutable: true,
         };
         let cache = d.path().join("cache");
-        let img = match rootfs_image(&layers, &cache) {
+        let img = match layers_image(&layers, &cache) {
             Ok(i) => i,
             Err(RootfsError::Io { what, source, .. })
                 if source.raw_os_error() == Some(libc::EPERM) =>
@@ -545,7 +380,7 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with("chain-"));
-        assert_eq!(rootfs_image(&layers, &cache).unwrap(), img, "cached");
+        assert_eq!(layers_image(&layers, &cache).unwrap(), img, "cached");
         let leftovers: Vec<_> = std::fs::read_dir(&cache)
             .unwrap()
             .flatten()
@@ -556,10 +391,7 @@ mod tests {
 
     #[test]
     fn bind_sources_are_staged_and_shm_becomes_tmpfs() {
-        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
-            println!(
-                "SKIPPED: bind_sources_are_staged_and_shm_becomes_tmpfs: mkfs.erofs not installed"
-            );
+        if !mkfs_available("bind_sources_are_staged_and_shm_becomes_tmpfs") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -591,8 +423,7 @@ mod tests {
 
     #[test]
     fn erofs_images_are_cached() {
-        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
-            println!("SKIPPED: erofs_images_are_cached: mkfs.erofs not installed");
+        if !mkfs_available("erofs_images_are_cached") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
