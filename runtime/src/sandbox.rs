@@ -274,7 +274,7 @@ impl Sandbox {
         }
         let mut backend_params = hv.base_cmdline();
         if choice.accel == host::Accel::Tcg {
-            let tsc_khz = hypervisor::tcg_tuning::host_tsc_khz(&config.run_dir.join("tsc_khz"));
+            let tsc_khz = hypervisor::tcg_tuning::host_tsc_khz();
             backend_params.extend(hypervisor::tcg_tuning::tcg_kernel_params(vcpus, tsc_khz));
         }
         let vm = VmConfig {

@@ -4,7 +4,7 @@
 //! spends most of its boot calibrating clocks that software emulation makes
 //! slow to calibrate. The host knows the answers, so it hands them over:
 //!
-//! - `tsc_early_khz=<host TSC kHz>`: under TCG the guest's TSC runs at the
+//! - `tsc_early_khz=<host TSC kHz>` (measured once per process): under TCG the guest's TSC runs at the
 //!   host's rate; this skips TSC and delay-loop calibration (~110 ms).
 //! - `tsc=reliable`: the clocksource watchdog otherwise marks the TSC
 //!   unstable under load and falls back to a 10 ms jiffies clock.
@@ -17,7 +17,7 @@
 //!
 //! Only for TCG: under KVM the kernel gets its clock from kvmclock.
 
-use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The extra kernel parameters for a TCG guest with `vcpus` vCPUs, given the
@@ -37,25 +37,14 @@ pub fn tcg_kernel_params(vcpus: u32, tsc_khz: Option<u64>) -> Vec<String> {
     params
 }
 
-/// The host's TSC rate in kHz, cached in `cache_file` (measuring takes
-/// 10 ms; the rate does not change while the host runs, and the cache lives
-/// in a runtime directory that a reboot empties).
-pub fn host_tsc_khz(cache_file: &Path) -> Option<u64> {
-    if let Some(khz) = std::fs::read_to_string(cache_file)
-        .ok()
-        .and_then(|s| parse_khz(&s))
-    {
-        return Some(khz);
-    }
-    let khz = measure_tsc_khz()?;
-    let tmp = cache_file.with_extension("tmp");
-    if std::fs::write(&tmp, format!("{khz}\n")).is_ok() {
-        let _ = std::fs::rename(&tmp, cache_file);
-    }
-    Some(khz)
+/// The host's TSC rate in kHz, measured once per process (5 ms). Nothing is
+/// written to disk: a sandbox leaves no file behind.
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: OnceLock<Option<u64>> = OnceLock::new();
+    *KHZ.get_or_init(measure_tsc_khz)
 }
 
-/// A cached value, if it is a plausible TSC rate (100 MHz to 10 GHz).
+/// A measured value, if it is a plausible TSC rate (100 MHz to 10 GHz).
 fn parse_khz(text: &str) -> Option<u64> {
     let khz: u64 = text.trim().parse().ok()?;
     (100_000..=10_000_000).contains(&khz).then_some(khz)
@@ -68,11 +57,11 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// TSC ticks over a 10 ms sleep timed by the monotonic clock.
+/// TSC ticks over a 5 ms sleep timed by the monotonic clock.
 #[cfg(target_arch = "x86_64")]
 fn measure_tsc_khz() -> Option<u64> {
     let (t0, c0) = (Instant::now(), rdtsc());
-    std::thread::sleep(Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(5));
     let (t1, c1) = (Instant::now(), rdtsc());
     let ns = t1.duration_since(t0).as_nanos() as u64;
     let khz = c1.checked_sub(c0)?.checked_mul(1_000_000)? / ns.max(1);
@@ -114,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn implausible_cached_rates_are_ignored() {
+    fn implausible_rates_are_rejected() {
         assert_eq!(parse_khz("2596150\n"), Some(2_596_150));
         assert_eq!(parse_khz("12"), None);
         assert_eq!(parse_khz("garbage"), None);
@@ -122,19 +111,9 @@ mod tests {
     }
 
     #[test]
-    fn measured_rate_is_cached_and_reused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = dir.path().join("tsc_khz");
-        let first = host_tsc_khz(&cache);
-        if let Some(khz) = first {
-            assert_eq!(
-                std::fs::read_to_string(&cache)
-                    .ok()
-                    .and_then(|s| parse_khz(&s)),
-                Some(khz)
-            );
-            std::fs::write(&cache, "1234567\n").expect("write cache");
-            assert_eq!(host_tsc_khz(&cache), Some(1_234_567));
-        }
+    fn measured_rate_is_plausible_and_stable_within_a_process() {
+        let first = host_tsc_khz();
+        assert!(first.is_some(), "x86_64 hosts have a TSC");
+        assert_eq!(host_tsc_khz(), first);
     }
 }
