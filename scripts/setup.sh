@@ -27,6 +27,7 @@ packages=(
   erofs-utils e2fsprogs                                                  # container rootfs images
   busybox-static umoci                                                   # built-in test images
   containerd runc                                                        # shim tests, runc baseline
+  protobuf-compiler                                                      # CRI v1 client of the shim tests (k8s-cri)
   python3 gcc make file                                                  # test guests, benches
 )
 missing=()
