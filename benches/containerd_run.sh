@@ -110,7 +110,8 @@ awk -v a="$amed" -v r="$rmed" -v n="$nmed" 'BEGIN {
   printf "  ratio ampoule/runc (medians): %.2f\n", a / r;
   printf "  ratio (ampoule - boot)/runc (medians): %.2f (target <= 2.00: %s)\n", n / r, (n <= 2 * r) ? "met" : "NOT met" }'
 
-# CRI (RunPodSandbox + CreateContainer + StartContainer through containerd's
-# CRI plugin) is not timed here any more: it ran as an #[ignore]d test of the
-# shim's test harness, and the project keeps no ignored tests. The CRI path
-# itself is covered by shim/tests/cri.rs.
+# The CRI half: RunPodSandbox + CreateContainer + StartContainer with the
+# runtime handlers runc and ampoule, against its own private containerd.
+echo
+BENCH_RUNS="$runs" cargo bench --manifest-path "$repo/Cargo.toml" -q \
+  -p containerd-shim-ampoule-v2 --bench cri_pod_start

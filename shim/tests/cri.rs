@@ -4,84 +4,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Containerd, VmLock, IMAGE};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use common::cri::{container_config, cri_client, sandbox_config, K8S_NS};
+use common::{Containerd, VmLock};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// CRI's containerd namespace.
-const K8S_NS: &str = "k8s.io";
-
-async fn cri_client(socket: PathBuf) -> RuntimeServiceClient<Channel> {
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .expect("a static endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connecting to containerd's CRI service");
-    RuntimeServiceClient::new(channel)
-}
-
-fn sandbox_config(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_string(),
-            attempt: 0,
-        }),
-        // Empty, as kubelet sends it for a pod on the node's network (a
-        // hostname needs a UTS namespace of the pod's own).
-        hostname: String::new(),
-        labels: HashMap::new(),
-        linux: Some(LinuxPodSandboxConfig {
-            // ctr-style leftovers check: the pod cgroup sits under /k8s.io.
-            cgroup_parent: format!("/{K8S_NS}/pod-{name}"),
-            security_context: Some(LinuxSandboxSecurityContext {
-                // No CNI here: the pod uses the node's network.
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.to_string(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()

@@ -5,6 +5,8 @@
 //! Every helper panics with a message naming what failed: these are tests.
 #![allow(dead_code)]
 
+pub mod cri;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
