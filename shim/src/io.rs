@@ -4,7 +4,6 @@
 //! process exited and all its output was sent, so nothing is lost at exit:
 //! `wait_output` returns once every byte reached the FIFO.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,7 +60,6 @@ pub struct GuestStreams {
 pub struct ProcessIo {
     outputs: Vec<JoinHandle<u64>>,
     stdin: Option<JoinHandle<()>>,
-    stdin_path: String,
     close_stdin: watch::Sender<bool>,
 }
 
@@ -77,31 +75,19 @@ fn open_writer(path: &str) -> Result<pipe::Sender, IoError> {
         })
 }
 
-/// Opens containerd's stdin FIFO read-only, waiting (off the async
-/// threads) until its writer opens it: read-only, so the writer closing it
-/// is seen as EOF, which is how containerd ends a process's stdin.
-async fn open_reader(path: String) -> Result<pipe::Receiver, IoError> {
-    let p = path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::open(&p))
-        .await
-        .map_err(|e| IoError::Open {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
+/// Opens containerd's stdin FIFO read-only and non-blocking, so that no
+/// thread ever waits in open(2) for containerd's writer (such a thread can
+/// be neither cancelled nor joined). Until a writer has opened the FIFO it
+/// reports neither data nor hang-up, so the relay just waits; once the
+/// writer closes it, reads give EOF, which is how containerd ends a
+/// process's stdin.
+fn open_reader(path: &str) -> Result<pipe::Receiver, IoError> {
+    pipe::OpenOptions::new()
+        .open_receiver(path)
         .map_err(|source| IoError::Open {
-            path: path.clone(),
+            path: path.to_string(),
             source,
-        })?;
-    pipe::Receiver::from_file(file).map_err(|source| IoError::Open { path, source })
-}
-
-/// Releases a reader blocked in `open_reader` when no writer ever came: a
-/// writer that opens and closes at once gives it EOF.
-fn release_reader(path: &str) {
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path);
+        })
 }
 
 /// Copies a guest output stream into a FIFO until the guest closes the
@@ -136,17 +122,10 @@ async fn relay_output(mut from: UnixStream, mut to: pipe::Sender, name: String) 
 /// writer closes it (EOF) or CloseIO; then half-closes the stream, which the
 /// guest sees as EOF on the process's stdin.
 async fn relay_input(path: String, mut to: UnixStream, mut close: watch::Receiver<bool>) {
-    let mut from = tokio::select! {
-        r = open_reader(path.clone()) => match r {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "stdin FIFO");
-                let _ = to.shutdown().await;
-                return;
-            }
-        },
-        _ = close.changed() => {
-            release_reader(&path);
+    let mut from = match open_reader(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "stdin FIFO");
             let _ = to.shutdown().await;
             return;
         }
@@ -214,7 +193,6 @@ impl ProcessIo {
         Ok(ProcessIo {
             outputs,
             stdin,
-            stdin_path: paths.stdin.clone(),
             close_stdin,
         })
     }
@@ -239,7 +217,7 @@ impl ProcessIo {
         }
         if let Some(h) = self.stdin.take() {
             // The process is gone: a relay still waiting for containerd's
-            // writer is released, one still copying is stopped.
+            // writer, or still copying, is stopped.
             let _ = self.close_stdin.send(true);
             if tokio::time::timeout(std::time::Duration::from_millis(200), h)
                 .await
@@ -257,10 +235,6 @@ impl Drop for ProcessIo {
             h.abort();
         }
         if let Some(h) = &self.stdin {
-            if !h.is_finished() {
-                // A blocking open may still wait for containerd's writer.
-                release_reader(&self.stdin_path);
-            }
             h.abort();
         }
     }
