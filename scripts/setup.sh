@@ -51,16 +51,13 @@ fi
 # --- Ampoule binaries ----------------------------------------------------------
 log "building Ampoule (release)"
 cargo build --release --workspace --bins
-log "building the guest agent (static)"
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p ampoule-agent --target x86_64-unknown-linux-gnu
 
 # --- guest image -----------------------------------------------------------------
 mkdir -p "$share"
 log "guest kernel"
 guest-image/build-kernel.sh "$share/vmlinux"
-log "guest initramfs"
-guest-image/build-initrd.sh target/x86_64-unknown-linux-gnu/release/ampoule-agent "$share/initrd.img"
+log "guest agent (static) and initramfs"
+guest-image/build-initrd.sh "$share/initrd.img"
 
 # --- install ---------------------------------------------------------------------
 log "installing to $prefix"

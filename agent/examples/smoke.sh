@@ -13,11 +13,9 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 kernel=${AMPOULE_KERNEL:-/usr/local/share/ampoule/vmlinux}
 mkdir -p "$work"
 
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p ampoule-agent \
-  --target x86_64-unknown-linux-gnu --manifest-path "$repo/Cargo.toml"
 cargo build -q -p ampoule-agent --example devclient --manifest-path "$repo/Cargo.toml"
 client=$target_dir/debug/examples/devclient
-"$repo/guest-image/build-initrd.sh" "$target_dir/x86_64-unknown-linux-gnu/release/ampoule-agent" "$work/initrd.img"
+"$repo/guest-image/build-initrd.sh" "$work/initrd.img"
 
 rm -rf "$work/bb" "$work/binds"
 mkdir -p "$work/bb/bin" "$work/bb/etc" "$work/bb/tmp" "$work/bb/root" "$work/binds/host/data"

@@ -89,9 +89,22 @@ where
     }
 }
 
+/// The filter for `level`. Below debug, ttrpc's connection task is quiet: it
+/// logs an error when the CLI exits with a client still connected (its
+/// writer task is cancelled with the runtime), which is not an error of
+/// ours; a connection that really fails surfaces as the call's error.
+fn directives(level: &str) -> String {
+    if matches!(level, "debug" | "trace") {
+        level.to_string()
+    } else {
+        format!("{level},ttrpc::asynchronous::connection=off")
+    }
+}
+
 /// Installs the global subscriber.
 pub fn init(file: Option<&Path>, format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(level).with_context(|| format!("bad log level {level:?}"))?;
+    let filter = EnvFilter::try_new(directives(level))
+        .with_context(|| format!("bad log level {level:?}"))?;
     let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match file {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
@@ -133,5 +146,21 @@ pub fn error(msg: &str) {
             eprintln!("{}", json_line("error", msg, Default::default()))
         }
         _ => eprintln!("ampoule: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttrpc_connection_noise_is_filtered_below_debug_and_kept_at_debug() {
+        for level in ["error", "warn", "info"] {
+            let d = directives(level);
+            assert!(d.contains("ttrpc::asynchronous::connection=off"), "{d}");
+            assert!(EnvFilter::try_new(&d).is_ok(), "{d}");
+        }
+        assert_eq!(directives("debug"), "debug");
+        assert_eq!(directives("trace"), "trace");
     }
 }
