@@ -3,6 +3,8 @@
 bundle with `true` as the process, interleaved, min/median/max over N runs,
 their ratio, and `ampoule run` minus the sandbox's own boot-to-agent time
 (from `ampoule check --boot --json` in the same run): our container overhead.
+Then exec latency: `exec ID true` into a running container (`sleep`),
+ampoule versus runc, N runs each.
 
 usage: benches/container_run.py [--runs 20] [--ampoule BIN] [--config FILE]
 Run as root, by hand (not a test).
@@ -44,6 +46,27 @@ def timed(argv, **kw):
         print(f"{argv[0]} failed ({p.returncode}): {p.stderr.decode(errors='replace')[-500:]}", file=sys.stderr)
         return None
     return ms
+
+
+def set_args(bundle, args):
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        c = json.load(f)
+    c["process"]["args"] = args
+    with open(path, "w") as f:
+        json.dump(c, f)
+
+
+def quiet(argv):
+    """Runs a command whose children may keep running (detached
+    containers): no pipes for them to hold open."""
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def exec_latency(runtime, prefix, cid, runs):
+    """`exec ID true` into a running detached container `cid`, `runs` times."""
+    return [timed([runtime, *prefix, "exec", cid, "true"]) for _ in range(runs)]
 
 
 def stats(xs):
@@ -92,6 +115,20 @@ def main():
         if am and bm:
             print(f"container overhead: median(ampoule run) - median(sandbox boot) = "
                   f"{statistics.median(am) - statistics.median(bm):.1f} ms")
+
+        set_args(bundle, ["sleep", "1000"])
+        amp_prefix = [*cfg, "--root", amp_root]
+        ae, re_ = [], []
+        if quiet([a.ampoule, *amp_prefix, "run", "--detach", "--bundle", bundle, "ex-a"]):
+            ae = exec_latency(a.ampoule, amp_prefix, "ex-a", a.runs)
+            quiet([a.ampoule, *amp_prefix, "delete", "--force", "ex-a"])
+        else:
+            print("ampoule run --detach failed: no exec figures", file=sys.stderr)
+        if runc and quiet([runc, "--root", runc_root, "run", "--detach", "--bundle", bundle, "ex-r"]):
+            re_ = exec_latency(runc, ["--root", runc_root], "ex-r", a.runs)
+            quiet([runc, "--root", runc_root, "delete", "--force", "ex-r"])
+        print(f"ampoule exec true  {stats(ae)}")
+        print(f"runc exec true     {stats(re_)}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
