@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -31,6 +31,9 @@ pub const MAX_ID: usize = 128;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unclaimed connections kept at most (the rest are refused).
 const MAX_PENDING: usize = 256;
+/// How long a connection that arrived before its process is kept for it: a
+/// host whose create or exec failed after it connected never claims it.
+const EARLY_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
@@ -150,19 +153,21 @@ pub async fn read_header<R: AsyncRead + Unpin>(conn: &mut R) -> Result<StreamKey
 
 enum Slot<C> {
     Waiting(oneshot::Sender<C>),
-    Arrived(C),
+    Arrived(C, Instant),
 }
 
 /// Matches host connections with the process streams that expect them,
 /// whichever comes first.
 pub struct Router<C> {
     slots: Mutex<HashMap<StreamKey, Slot<C>>>,
+    early_ttl: Duration,
 }
 
 impl<C> Default for Router<C> {
     fn default() -> Self {
         Router {
             slots: Mutex::new(HashMap::new()),
+            early_ttl: EARLY_TTL,
         }
     }
 }
@@ -177,7 +182,7 @@ impl<C> Router<C> {
         let (tx, rx) = oneshot::channel();
         let mut slots = self.lock();
         match slots.remove(&key) {
-            Some(Slot::Arrived(conn)) => {
+            Some(Slot::Arrived(conn, _)) => {
                 let _ = tx.send(conn);
             }
             Some(Slot::Waiting(_)) | None => {
@@ -198,19 +203,21 @@ impl<C> Router<C> {
                 // The process went away: keep nothing.
                 Err(_) => false,
             },
-            Some(arrived @ Slot::Arrived(_)) => {
+            Some(arrived @ Slot::Arrived(..)) => {
                 slots.insert(key, arrived);
                 false
             }
             None => {
+                let ttl = self.early_ttl;
+                slots.retain(|_, s| !matches!(s, Slot::Arrived(_, t) if t.elapsed() >= ttl));
                 let pending = slots
                     .values()
-                    .filter(|s| matches!(s, Slot::Arrived(_)))
+                    .filter(|s| matches!(s, Slot::Arrived(..)))
                     .count();
                 if pending >= MAX_PENDING {
                     return false;
                 }
-                slots.insert(key, Slot::Arrived(conn));
+                slots.insert(key, Slot::Arrived(conn, Instant::now()));
                 true
             }
         }
@@ -491,6 +498,19 @@ mod tests {
         assert!(!r.attach(StreamKey::new("extra", "", StreamKind::Stdin), 0));
         r.forget_container("c0");
         assert!(r.attach(StreamKey::new("extra", "", StreamKind::Stdin), 0));
+    }
+
+    #[test]
+    fn router_drops_early_connections_nobody_claimed_in_time() {
+        let r: Router<u32> = Router {
+            slots: Mutex::new(HashMap::new()),
+            early_ttl: Duration::ZERO,
+        };
+        let stale = StreamKey::new("failed", "exec-1", StreamKind::Stdout);
+        assert!(r.attach(stale.clone(), 1));
+        // The next arrival prunes the one whose process never came.
+        assert!(r.attach(StreamKey::new("c", "", StreamKind::Stdout), 2));
+        assert!(r.expect(stale).try_recv().is_err());
     }
 
     #[tokio::test]

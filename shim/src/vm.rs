@@ -9,9 +9,7 @@ use std::time::Duration;
 use ampoule_agent_api as api;
 use ampoule_runtime::agent_client::{ctx, DEFAULT_CALL_TIMEOUT};
 use ampoule_runtime::hypervisor::Drive;
-use ampoule_runtime::vsock::StdioStream;
 use ampoule_runtime::{Config, Sandbox, SandboxError, SandboxSpec};
-use tokio::net::UnixStream;
 
 use crate::io::{GuestStreams, StdioPaths};
 use ampoule_runtime::container::rootfs::{self, RootfsError};
@@ -229,43 +227,25 @@ impl Pod {
         (e.to_string(), signal)
     }
 
-    /// Opens the guest ends of a process's stdio (before the agent creates
-    /// the process: the agent holds early connections until it does).
+    /// Opens the guest ends of a process's stdio, all at once (before the
+    /// agent creates the process: the agent holds early connections until
+    /// it does).
     pub async fn connect_stdio(
         &self,
         container_id: &str,
         exec_id: &str,
         paths: &StdioPaths,
     ) -> Result<GuestStreams, VmError> {
-        let mut s = GuestStreams::default();
-        if paths.has_stdin() {
-            s.stdin = Some(
-                self.stream(container_id, exec_id, StdioStream::Stdin)
-                    .await?,
-            );
-        }
-        if paths.has_stdout() {
-            s.stdout = Some(
-                self.stream(container_id, exec_id, StdioStream::Stdout)
-                    .await?,
-            );
-        }
-        if paths.has_stderr() {
-            s.stderr = Some(
-                self.stream(container_id, exec_id, StdioStream::Stderr)
-                    .await?,
-            );
-        }
-        Ok(s)
-    }
-
-    async fn stream(
-        &self,
-        cid: &str,
-        exec: &str,
-        kind: StdioStream,
-    ) -> Result<UnixStream, VmError> {
-        Ok(self.sandbox.connect_stdio(cid, exec, kind).await?)
+        let want = [paths.has_stdin(), paths.has_stdout(), paths.has_stderr()];
+        let s = ampoule_runtime::container::open_each(want, |kind| {
+            self.sandbox.connect_stdio(container_id, exec_id, kind)
+        })
+        .await?;
+        Ok(GuestStreams {
+            stdin: s.stdin,
+            stdout: s.stdout,
+            stderr: s.stderr,
+        })
     }
 
     fn agent(&self) -> &ampoule_runtime::agent_client::AgentClient {

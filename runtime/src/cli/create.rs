@@ -220,14 +220,17 @@ async fn prepare(
     let terminal = bundle.terminal();
     let cfg = container::stdio_config(terminal);
     let req = container::create_request(id, bundle, cfg.clone(), binds_image.is_some());
-    let created = sandbox
-        .call(
+    // The streams are opened while the agent creates the container: it
+    // holds connections that arrive before the process exists.
+    let (created, streams) = tokio::join!(
+        sandbox.call(
             "CreateContainer",
             sandbox
                 .agent()
                 .create_container(agent_client::ctx(Duration::from_secs(60)), &req),
-        )
-        .await;
+        ),
+        container::open_streams(sandbox.vsock_uds(), id, "", &cfg),
+    );
     let created = match created {
         Ok(c) => c,
         Err(e) => {
@@ -241,7 +244,7 @@ async fn prepare(
         ms = t0.elapsed().as_millis() as u64,
         "container created in the guest"
     );
-    let streams = match container::open_streams(sandbox.vsock_uds(), id, "", &cfg).await {
+    let streams = match streams {
         Ok(s) => s,
         Err(e) => {
             sandbox.stop().await;

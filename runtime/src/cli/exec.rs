@@ -162,15 +162,18 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         stdio: protobuf::MessageField::some(cfg.clone()),
         ..Default::default()
     };
-    let started = agent
-        .exec_process(agent_client::ctx(Duration::from_secs(30)), &req)
-        .await;
+    // The streams are opened while the agent starts the process: it holds
+    // connections that arrive first (and drops them if the exec fails).
+    let (started, streams) = tokio::join!(
+        agent.exec_process(agent_client::ctx(Duration::from_secs(30)), &req),
+        container::open_streams(&s.vsock_uds, &a.id, &exec_id, &cfg),
+    );
     if let Err(e) = started {
         let msg = format!("cannot exec in container {}: {e}", a.id);
         stdio::notify(&mut notify, &format!("ERR 1 {msg}"));
         anyhow::bail!(msg);
     }
-    let streams = container::open_streams(&s.vsock_uds, &a.id, &exec_id, &cfg).await?;
+    let streams = streams?;
     let mut _raw = None;
     let relay = match &a.console_socket {
         Some(sock) => stdio::relay_pty(

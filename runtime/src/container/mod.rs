@@ -384,6 +384,38 @@ pub fn stdio_config(terminal: bool) -> api::StdioConfig {
     }
 }
 
+/// Opens the stdio streams of a process that `want` asks for (stdin,
+/// stdout, stderr), all at once: each is a vsock connection the guest
+/// accepts on its own. The agent keeps a stream that arrives before its
+/// process exists, so this may run concurrently with the create or exec
+/// call.
+pub async fn open_each<E, F, Fut>(want: [bool; 3], connect: F) -> Result<Streams, E>
+where
+    F: Fn(crate::vsock::StdioStream) -> Fut,
+    Fut: std::future::Future<Output = Result<tokio::net::UnixStream, E>>,
+{
+    use crate::vsock::StdioStream;
+    let open = |wanted: bool, kind: StdioStream| {
+        let fut = wanted.then(|| connect(kind));
+        async move {
+            match fut {
+                Some(f) => f.await.map(Some),
+                None => Ok(None),
+            }
+        }
+    };
+    let (stdin, stdout, stderr) = tokio::try_join!(
+        open(want[0], StdioStream::Stdin),
+        open(want[1], StdioStream::Stdout),
+        open(want[2], StdioStream::Stderr),
+    )?;
+    Ok(Streams {
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
 /// Opens the streams `cfg` asks for, for process `exec_id` ("" = init).
 pub async fn open_streams(
     uds: &Path,
@@ -391,19 +423,11 @@ pub async fn open_streams(
     exec_id: &str,
     cfg: &api::StdioConfig,
 ) -> Result<Streams, crate::vsock::VsockError> {
-    use crate::vsock::{connect_stdio, StdioStream};
     let t = std::time::Duration::from_secs(10);
-    let mut s = Streams::default();
-    if cfg.stdin {
-        s.stdin = Some(connect_stdio(uds, container_id, exec_id, StdioStream::Stdin, t).await?);
-    }
-    if cfg.stdout {
-        s.stdout = Some(connect_stdio(uds, container_id, exec_id, StdioStream::Stdout, t).await?);
-    }
-    if cfg.stderr {
-        s.stderr = Some(connect_stdio(uds, container_id, exec_id, StdioStream::Stderr, t).await?);
-    }
-    Ok(s)
+    open_each([cfg.stdin, cfg.stdout, cfg.stderr], |kind| {
+        crate::vsock::connect_stdio(uds, container_id, exec_id, kind, t)
+    })
+    .await
 }
 
 #[cfg(test)]
