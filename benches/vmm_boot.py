@@ -15,6 +15,12 @@ The measuring is done by a small C helper (compiled here) that forks and
 execs the VMM: a child forked from Python would carry Python's own
 resident memory into ru_maxrss.
 
+A third row, kvm-floor, is the host's own floor: a C program that creates a
+VM with the same memory, irqchip, PIT and one vCPU, writes the byte and
+exits without running a guest. Its exit time is KVM's VM teardown in the
+host kernel (it varies from host to host and day to day: 5 to 25 ms seen
+here), which every VMM pays; the last line is ampoule-vmm's exit above it.
+
 Runs alternate between the VMMs. Usage:
 
   python3 benches/vmm_boot.py [--runs 30] [--vmm PATH] [--qemu PATH] [--memory-mib 128]
@@ -76,6 +82,43 @@ int main(int argc, char **argv) {
 """
 
 
+# The host's own floor: a program that only creates what a VMM must (a VM
+# with its guest memory, irqchip, PIT and one vCPU), writes the byte and
+# exits, with no guest run. Its exit time is KVM's VM teardown in the host
+# kernel, which every VMM pays on top of its own work.
+FLOOR_C = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <linux/kvm.h>
+int main(int argc, char **argv) {
+    size_t mib = argc > 1 ? strtoul(argv[1], 0, 10) : 128;
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    int vm = kvm < 0 ? -1 : ioctl(kvm, KVM_CREATE_VM, 0);
+    if (vm < 0) return 1;
+    void *mem = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    struct kvm_userspace_memory_region r = { .slot = 0, .guest_phys_addr = 0,
+        .memory_size = mib << 20, .userspace_addr = (unsigned long)mem };
+    struct kvm_pit_config pit = { 0 };
+    if (mem == MAP_FAILED || ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r) ||
+        ioctl(vm, KVM_CREATE_IRQCHIP, 0) || ioctl(vm, KVM_CREATE_PIT2, &pit) ||
+        ioctl(vm, KVM_CREATE_VCPU, 0) < 0) return 2;
+    return write(1, "A", 1) == 1 ? 0 : 3;
+}
+"""
+
+
+def build_floor(out_dir):
+    src = os.path.join(out_dir, "kvm-floor.c")
+    exe = os.path.join(out_dir, "kvm-floor")
+    with open(src, "w") as f:
+        f.write(FLOOR_C)
+    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    return exe
+
+
 def build_helper(out_dir):
     src = os.path.join(out_dir, "measure.c")
     exe = os.path.join(out_dir, "measure")
@@ -118,6 +161,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ampoule-bench-") as tmp:
         guest = build_guest(tmp)
         helper = build_helper(tmp)
+        floor = build_floor(tmp)
         qemu = args.qemu if os.path.isabs(args.qemu) else shutil.which(args.qemu)
         if not qemu:
             sys.exit(f"{args.qemu} not found")
@@ -130,6 +174,7 @@ def main():
                 "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
                 "-kernel", guest, "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-no-reboot",
             ],
+            "kvm-floor": [floor, str(args.memory_mib)],
         }
         results = {name: {"first": [], "exit": [], "rss": []} for name in cmds}
         for name, argv in cmds.items():  # warm-up (page cache)
@@ -154,6 +199,9 @@ def main():
         a = statistics.median(results["ampoule-vmm"][key])
         q = statistics.median(results["qemu-microvm"][key])
         print(f"  {label:<20} {q / a:6.2f}x")
+    a = statistics.median(results["ampoule-vmm"]["exit"])
+    f = statistics.median(results["kvm-floor"]["exit"])
+    print(f"ampoule-vmm exit above the host's KVM create+teardown floor (medians): {a - f:.2f} ms")
     return 0
 
 
