@@ -110,20 +110,11 @@ int main(int argc, char **argv) {
 """
 
 
-def build_floor(out_dir):
-    src = os.path.join(out_dir, "kvm-floor.c")
-    exe = os.path.join(out_dir, "kvm-floor")
+def compile_c(out_dir, name, source):
+    src = os.path.join(out_dir, f"{name}.c")
+    exe = os.path.join(out_dir, name)
     with open(src, "w") as f:
-        f.write(FLOOR_C)
-    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
-    return exe
-
-
-def build_helper(out_dir):
-    src = os.path.join(out_dir, "measure.c")
-    exe = os.path.join(out_dir, "measure")
-    with open(src, "w") as f:
-        f.write(HELPER_C)
+        f.write(source)
     subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
     return exe
 
@@ -160,8 +151,8 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="ampoule-bench-") as tmp:
         guest = build_guest(tmp)
-        helper = build_helper(tmp)
-        floor = build_floor(tmp)
+        helper = compile_c(tmp, "measure", HELPER_C)
+        floor = compile_c(tmp, "kvm-floor", FLOOR_C)
         qemu = args.qemu if os.path.isabs(args.qemu) else shutil.which(args.qemu)
         if not qemu:
             sys.exit(f"{args.qemu} not found")
