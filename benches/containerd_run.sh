@@ -111,7 +111,9 @@ awk -v a="$amed" -v r="$rmed" -v n="$nmed" 'BEGIN {
   printf "  ratio (ampoule - boot)/runc (medians): %.2f (target <= 2.00: %s)\n", n / r, (n <= 2 * r) ? "met" : "NOT met" }'
 
 # The CRI half: RunPodSandbox + CreateContainer + StartContainer with the
-# runtime handlers runc and ampoule, against its own private containerd.
+# runtime handlers runc and ampoule, against its own private containerd (the
+# shim tests' harness). It runs the shim cargo builds from this tree, not
+# SHIM_BIN; the guest image is the same (AMPOULE_TEST_KERNEL/INITRD).
 echo
 BENCH_RUNS="$runs" cargo bench --manifest-path "$repo/Cargo.toml" -q \
   -p containerd-shim-ampoule-v2 --bench cri_pod_start

@@ -48,13 +48,9 @@ impl StdioPaths {
     }
 }
 
-/// The guest-side streams of a process, connected by the caller.
-#[derive(Default)]
-pub struct GuestStreams {
-    pub stdin: Option<UnixStream>,
-    pub stdout: Option<UnixStream>,
-    pub stderr: Option<UnixStream>,
-}
+/// The guest-side streams of a process, connected by the caller (the
+/// runtime's type: the CLI opens the same streams).
+pub type GuestStreams = ampoule_runtime::container::Streams;
 
 /// Running relays of one process.
 pub struct ProcessIo {

@@ -237,15 +237,10 @@ impl Pod {
         paths: &StdioPaths,
     ) -> Result<GuestStreams, VmError> {
         let want = [paths.has_stdin(), paths.has_stdout(), paths.has_stderr()];
-        let s = ampoule_runtime::container::open_each(want, |kind| {
+        Ok(ampoule_runtime::container::open_each(want, |kind| {
             self.sandbox.connect_stdio(container_id, exec_id, kind)
         })
-        .await?;
-        Ok(GuestStreams {
-            stdin: s.stdin,
-            stdout: s.stdout,
-            stderr: s.stderr,
-        })
+        .await?)
     }
 
     fn agent(&self) -> &ampoule_runtime::agent_client::AgentClient {
