@@ -1,13 +1,16 @@
 //! VM configuration: from command-line flags or a JSON file, and its validation.
 //!
 //! The JSON file has the same fields as the flags (`kernel`, `initrd`,
-//! `cmdline`, `vcpus`, `memory_mib`, `vsock_uds`, `serial_log`, `api_sock`,
+//! `cmdline`, `vcpus`, `memory_mib`, `vsock_uds`, `serial_log`,
+//! `serial_log_max_bytes`, `api_sock`,
 //! `drives: [{"id": .., "path": .., "read_only": ..}]`, `shutdown_timeout_ms`).
 //! Unknown fields are rejected.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::devices::serial_log::MIN_MAX_BYTES;
 
 /// Largest guest memory this VMM lays out (below the 32-bit MMIO hole).
 pub const MAX_MEMORY_MIB: u64 = 3072;
@@ -57,6 +60,8 @@ pub enum ConfigError {
     },
     #[error("serial log {path}: {reason}")]
     SerialLog { path: PathBuf, reason: String },
+    #[error("serial_log_max_bytes must be at least {MIN_MAX_BYTES}, got {0}")]
+    SerialLogMax(u64),
 }
 
 /// One virtio-blk drive: backed by a file, or an empty slot filled later.
@@ -82,6 +87,12 @@ fn default_memory() -> u64 {
 fn default_shutdown_timeout() -> u64 {
     5000
 }
+fn default_serial_log_max() -> u64 {
+    DEFAULT_SERIAL_LOG_MAX_BYTES
+}
+
+/// Default size limit of the serial log.
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 1 << 20;
 
 /// The whole microVM configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +119,10 @@ pub struct VmConfig {
     /// Serial console output file (stdout when absent).
     #[serde(default)]
     pub serial_log: Option<PathBuf>,
+    /// Most bytes the serial log file holds; past it only the newest
+    /// output is kept.
+    #[serde(default = "default_serial_log_max")]
+    pub serial_log_max_bytes: u64,
     /// Control socket.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
@@ -129,6 +144,7 @@ impl Default for VmConfig {
             memory_mib: default_memory(),
             vsock_uds: None,
             serial_log: None,
+            serial_log_max_bytes: default_serial_log_max(),
             api_sock: None,
             drives: Vec::new(),
             shutdown_timeout_ms: default_shutdown_timeout(),
@@ -327,6 +343,9 @@ impl VmConfig {
                 reason: "same path as the vsock socket".into(),
             });
         }
+        if self.serial_log_max_bytes < MIN_MAX_BYTES {
+            return Err(ConfigError::SerialLogMax(self.serial_log_max_bytes));
+        }
         if let Some(p) = &self.serial_log {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.is_dir() {
@@ -397,6 +416,9 @@ mod tests {
         assert_eq!(c.kernel.as_deref(), Some(Path::new("/k")));
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.memory_mib, 64);
+        assert_eq!(c.serial_log_max_bytes, DEFAULT_SERIAL_LOG_MAX_BYTES);
+        let c = from_json_str(r#"{"kernel": "/k", "serial_log_max_bytes": 65536}"#).unwrap();
+        assert_eq!(c.serial_log_max_bytes, 65536);
         assert!(from_json_str(r#"{"kernel": "/k", "bogus": 1}"#).is_err());
         assert!(from_json_str(r#"{"kernel": "/k", "vcpus": -1}"#).is_err());
         let c = from_json_str(

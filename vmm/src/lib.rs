@@ -16,10 +16,13 @@
 //!   virtio-mmio windows from `0xd000_0000` (IRQ 5 up), announced on the
 //!   kernel command line as `virtio_mmio.device=4K@<addr>:<irq>`: the
 //!   vsock device first, then the drives in slot order.
-//! - Devices ([`devices`]): COM1 8250 (vm-superio) to the serial log or
-//!   stdout; i8042 (reset line, Ctrl-Alt-Del for graceful shutdown); port
-//!   0xf4 debug exit; virtio-blk with run-time slots; virtio-vsock with the
+//! - Devices ([`devices`]): COM1 8250 (vm-superio) to the serial log (at
+//!   most `serial_log_max_bytes`, newest output kept) or stdout; i8042
+//!   (reset line, Ctrl-Alt-Del for graceful shutdown); port 0xf4 debug
+//!   exit; virtio-blk with run-time slots; virtio-vsock with the
 //!   hybrid-vsock Unix socket.
+//! - Sockets ([`unix_socket`]): the control and vsock sockets are mode 0600
+//!   whatever the umask.
 //! - VM end: i8042 reset, debug-exit port, triple fault (`KVM_EXIT_SHUTDOWN`)
 //!   and KVM system events end the VM with exit status 0; a vCPU failure
 //!   (e.g. an emulation error) exits 1 with the reason.
@@ -32,5 +35,6 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod unix_socket;
 pub mod vmm;
 pub mod vstate;

@@ -37,6 +37,10 @@ struct Cli {
     /// Serial console output file (stdout when absent).
     #[arg(long, value_name = "FILE")]
     serial_log: Option<PathBuf>,
+    /// Most bytes the serial log holds; past it only the newest output is
+    /// kept (default 1 MiB, at least 4096).
+    #[arg(long, value_name = "BYTES")]
+    serial_log_max_bytes: Option<u64>,
     /// Control socket (status, shutdown, fill-slot, empty-slot).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -76,6 +80,9 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     if cli.serial_log.is_some() {
         c.serial_log = cli.serial_log;
+    }
+    if let Some(v) = cli.serial_log_max_bytes {
+        c.serial_log_max_bytes = v;
     }
     if cli.api_sock.is_some() {
         c.api_sock = cli.api_sock;

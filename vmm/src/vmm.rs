@@ -17,7 +17,8 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::bus::SharedMmio;
 use crate::devices::bus::{Bus, ExitReason, ExitSignal};
 use crate::devices::i8042::{self, I8042};
-use crate::devices::serial::{self, SerialDevice};
+use crate::devices::serial::{self, SerialDevice, SerialOut};
+use crate::devices::serial_log::CappedLog;
 use crate::devices::virtio::block::{Backing, Block, SharedSlot, Slot};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -222,22 +223,30 @@ fn block_signals() -> Result<OwnedFd, VmmError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn serial_output(config: &VmConfig) -> Result<File, VmmError> {
+fn serial_output(config: &VmConfig) -> Result<SerialOut, VmmError> {
     match &config.serial_log {
-        Some(p) => std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(p)
+        Some(p) => CappedLog::create(p, config.serial_log_max_bytes)
+            .map(SerialOut::Log)
             .map_err(io(format!("opening serial log {}", p.display()))),
         None => {
             let fd = std::io::stdout()
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(io("duplicating stdout"))?;
-            Ok(File::from(fd))
+            Ok(SerialOut::Stdout(File::from(fd)))
         }
     }
+}
+
+/// Longest graceful-shutdown deadline honoured; longer ones (up to
+/// `u64::MAX` ms from the control socket) mean the same: wait for the guest.
+pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The instant `timeout` after `now`, with `timeout` capped at
+/// [`MAX_SHUTDOWN_WAIT`] so that no deadline overflows.
+pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    let capped = timeout.min(MAX_SHUTDOWN_WAIT);
+    now.checked_add(capped).unwrap_or(now)
 }
 
 impl Vmm {
@@ -471,6 +480,23 @@ impl Vmm {
         if let Ok(mut k) = self.bus.i8042.lock() {
             k.send_ctrl_alt_del();
         }
-        Instant::now() + timeout
+        deadline_after(Instant::now(), timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_shutdown_deadlines_do_not_overflow() {
+        let now = Instant::now();
+        let d = deadline_after(now, Duration::from_millis(u64::MAX));
+        assert_eq!(d, now + MAX_SHUTDOWN_WAIT);
+        assert_eq!(deadline_after(now, Duration::MAX), now + MAX_SHUTDOWN_WAIT);
+        assert_eq!(
+            deadline_after(now, Duration::from_millis(250)),
+            now + Duration::from_millis(250)
+        );
     }
 }

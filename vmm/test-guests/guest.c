@@ -11,6 +11,14 @@
  *   fault       fault in ring 3 (no handler): triple fault
  *   irq         virtio-blk used-ring and config-change interrupts delivered
  *               through the IOAPIC to a ring-0 handler
+ *   vsock       echo server on vsock port 1024; options, in order:
+ *               hostport=P  connect to host port P, exchange a line
+ *               stallport=P connect to host port P, send the host's whole
+ *                           credit of data, close
+ *               txflood=N   post N 64 KiB packets on the TX queue as fast as
+ *                           the device returns them
+ *   serialflood print bytes=N (default 200000) bytes of numbered lines
+ *   blkid       report the first drive's virtio-blk GET_ID answer
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -246,7 +254,7 @@ static void do_cpuid(void) {
 #define VM_CONFIG_GEN 0x0fc
 #define VM_CONFIG 0x100
 
-#define QSZ 64
+#define QSZ 256
 #define D_NEXT 1
 #define D_WRITE 2
 
@@ -409,7 +417,7 @@ static int blk_io(struct vq *q, u32 type, u64 sector, u8 *buf, u32 len) {
     breq.sector = sector;
     bstatus = 0xff;
     q->desc[0] = (struct vdesc){(u64)&breq, 16, D_NEXT, 1};
-    q->desc[1] = (struct vdesc){(u64)buf, len, (u16)(D_NEXT | (type == 0 ? D_WRITE : 0)), 2};
+    q->desc[1] = (struct vdesc){(u64)buf, len, (u16)(D_NEXT | (type == 0 || type == 8 ? D_WRITE : 0)), 2};
     q->desc[2] = (struct vdesc){(u64)&bstatus, 1, D_WRITE, 0};
     vq_submit(q, 0);
     if (vq_wait_used(q, 0)) return -2;
@@ -592,6 +600,7 @@ static int vs_init(void) {
 /* Handles one received packet; returns its op. Connect replies for our own
  * client connection are reported through *client_state. */
 static int client_state; /* 0 none, 1 connected, -1 refused */
+static u32 client_peer_buf_alloc;
 static u32 client_port = 5000;
 static u8 client_reply[64];
 static u32 client_reply_len;
@@ -603,7 +612,7 @@ static void vs_handle(struct vsock_hdr *h, u8 *data) {
         c->peer_fwd_cnt = h->fwd_cnt;
     }
     if (h->dst_port == client_port && !c) {
-        if (h->op == VS_RESPONSE) client_state = 1;
+        if (h->op == VS_RESPONSE) { client_state = 1; client_peer_buf_alloc = h->buf_alloc; }
         else if (h->op == VS_RST) client_state = -1;
         else if (h->op == VS_RW) {
             for (u32 i = 0; i < h->len && client_reply_len < sizeof(client_reply) - 1; i++)
@@ -712,6 +721,81 @@ static void vs_connect_host(u32 port) {
     client_port++;
 }
 
+static u32 parse_dec(const char *p) {
+    u32 v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) v = v * 10 + (u32)(*p - '0');
+    return v;
+}
+
+/* Connects to host port `port`, sends as much as the host's credit allows
+ * (byte i is i*7+3) and closes with SHUTDOWN, without waiting for the host
+ * to read anything. */
+static void vs_stall(u32 port) {
+    client_state = 0;
+    client_peer_buf_alloc = 0;
+    vs_send(client_port, port, VS_REQUEST, 0, 0, 0, 0);
+    for (u64 spin = 0; spin < 400000000UL && client_state == 0; spin++) {
+        if (!vs_poll_rx()) pause();
+    }
+    if (client_state != 1) { puts("VSOCK stall connect refused\n"); return; }
+    u32 total = client_peer_buf_alloc;
+    static u8 chunk[RXBUF];
+    u32 sent = 0;
+    while (sent < total) {
+        u32 n = total - sent;
+        if (n > RXBUF) n = RXBUF;
+        for (u32 i = 0; i < n; i++) chunk[i] = (u8)((sent + i) * 7 + 3);
+        vs_send(client_port, port, VS_RW, 0, chunk, n, 0);
+        sent += n;
+    }
+    vs_send(client_port, port, VS_SHUTDOWN, 3, 0, 0, 0);
+    puts("VSOCK stall sent=");
+    putdec(sent);
+    putc('\n');
+    client_port++;
+}
+
+/* Posts `n` packets of 64 KiB of data (for a connection that does not
+ * exist) on the TX queue, re-posting each descriptor chain as soon as the
+ * device returns it. It notifies only when the device may have stopped
+ * (nothing in flight), so that it posts faster than the device pops. */
+static u8 vs_flood_hdr[sizeof(struct vsock_hdr)] __attribute__((aligned(64)));
+#define FLOOD_DATA 0x200000UL
+#define FLOOD_LEN 65536u
+static void vs_flood(u32 n) {
+    struct vq *q = &vsq[1];
+    struct vsock_hdr *h = (struct vsock_hdr *)vs_flood_hdr;
+    h->src_cid = 3; h->dst_cid = 2; h->src_port = 9000; h->dst_port = 9001;
+    h->len = FLOOD_LEN; h->type = 1; h->op = VS_RW; h->flags = 0;
+    h->buf_alloc = PEND; h->fwd_cnt = 0;
+    u16 chains = q->size / 2;
+    for (u16 i = 0; i < chains; i++) {
+        q->desc[2 * i] = (struct vdesc){(u64)vs_flood_hdr, sizeof(*h), D_NEXT, (u16)(2 * i + 1)};
+        q->desc[2 * i + 1] = (struct vdesc){FLOOD_DATA, FLOOD_LEN, 0, 0};
+    }
+    u32 posted = 0;
+    while (posted < n) {
+        barrier();
+        u16 in_flight = (u16)(q->avail->idx - *(volatile u16 *)&q->used->idx);
+        if (in_flight >= chains) { pause(); continue; }
+        q->avail->ring[q->avail->idx % q->size] = (u16)(2 * (posted % chains));
+        barrier();
+        q->avail->idx++;
+        posted++;
+        if (in_flight == 0 || posted % 4096 == 0) vw(q->base, VM_QNOTIFY, q->index);
+    }
+    vw(q->base, VM_QNOTIFY, q->index);
+    for (u64 spin = 0; spin < 4000000000UL; spin++) {
+        barrier();
+        if (*(volatile u16 *)&q->used->idx == q->avail->idx) break;
+        pause();
+    }
+    q->last_used = *(volatile u16 *)&q->used->idx;
+    puts("VSOCK flood done n=");
+    putdec(posted);
+    putc('\n');
+}
+
 static void do_vsock(const char *cmd) {
     if (vs_init()) { puts("VSOCK init failed\n"); return; }
     const char *p = cmd;
@@ -721,6 +805,10 @@ static void do_vsock(const char *cmd) {
             u32 port = 0;
             for (const char *q = p + 9; *q >= '0' && *q <= '9'; q++) port = port * 10 + (u32)(*q - '0');
             vs_connect_host(port);
+        } else if (starts_with(p, "stallport=")) {
+            vs_stall(parse_dec(p + 10));
+        } else if (starts_with(p, "txflood=")) {
+            vs_flood(parse_dec(p + 8));
         }
         while (*p && *p != ' ') p++;
     }
@@ -920,6 +1008,34 @@ static void do_irq(void) {
     putc('\n');
 }
 
+static void do_serialflood(const char *cmd) {
+    const char *v = find_token(cmd, "bytes=");
+    u64 want = v ? parse_dec(v) : 200000;
+    u64 done = 0;
+    for (u64 i = 0; done < want; i++) {
+        puts("SERIAL-FLOOD ");
+        putdec(i);
+        puts(" abcdefghijklmnopqrstuvwxyz0123456789\n");
+        done += 14 + 37;
+        for (u64 d = i; d >= 10; d /= 10) done++;
+    }
+    puts("SERIAL-FLOOD-END\n");
+}
+
+static void do_blkid(void) {
+    struct vq q;
+    u64 b = virtio_find(2, 0);
+    if (!b || virtio_init(b, 0, &q, 1, 0)) { puts("BLKID init failed\n"); return; }
+    for (int i = 0; i < 21; i++) blkbuf[i] = 0;
+    int st = blk_io(&q, 8, 0, blkbuf, 20);
+    puts("BLKID status=");
+    putdec((u64)st);
+    puts(" id=");
+    for (int i = 0; i < 20 && blkbuf[i]; i++)
+        putc(blkbuf[i] >= 32 && blkbuf[i] < 127 ? (char)blkbuf[i] : '?');
+    putc('\n');
+}
+
 static void do_wait(void) {
     puts("WAITING\n");
     u8 prev = 0;
@@ -957,6 +1073,10 @@ void guest_main(long proto, u64 info) {
         do_irq();
     } else if (mode_is(mode, "hostile")) {
         do_hostile(bi.cmdline);
+    } else if (mode_is(mode, "serialflood")) {
+        do_serialflood(bi.cmdline);
+    } else if (mode_is(mode, "blkid")) {
+        do_blkid();
     } else if (mode_is(mode, "blk")) {
         do_blk();
     } else if (mode_is(mode, "wait")) {

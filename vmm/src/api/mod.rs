@@ -12,14 +12,26 @@
 //! | `empty-slot ID` | empties drive slot ID (the guest sees capacity 0) |
 //!
 //! SIGTERM, SIGINT and SIGHUP start the same graceful shutdown.
+//!
+//! The socket is mode 0600 whatever the umask. At most [`MAX_CLIENTS`]
+//! clients are served at once (one thread each); further ones get an
+//! error line and are closed. A client idle for [`IDLE_TIMEOUT`] is closed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Longest command line accepted.
 pub const MAX_LINE: usize = 4096;
+/// Most clients served at once.
+pub const MAX_CLIENTS: usize = 16;
+/// A client that sends nothing (or reads nothing) for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Answer to a client beyond [`MAX_CLIENTS`].
+const BUSY: &[u8] = b"{\"ok\":false,\"error\":\"too many control connections\"}\n";
 
 /// A parsed control command.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,26 +139,59 @@ pub fn handle_line(ctl: &dyn Controller, line: &str) -> String {
     s
 }
 
-/// Binds the control socket.
+/// Binds the control socket (mode 0600).
 pub fn bind(path: &std::path::Path) -> Result<UnixListener, ApiError> {
-    UnixListener::bind(path).map_err(|source| ApiError::Bind {
+    crate::unix_socket::bind_private(path).map_err(|source| ApiError::Bind {
         path: path.to_path_buf(),
         source,
     })
 }
 
-/// Serves the control socket on its own thread, one thread per client.
+/// A counted client; the count drops when its thread ends.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    /// Takes one of `max` slots, if one is free.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<ClientSlot> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(count.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves the control socket on its own thread, one thread per client and
+/// at most [`MAX_CLIENTS`] of them.
 pub fn serve(listener: UnixListener, ctl: Arc<dyn Controller>) -> std::io::Result<()> {
+    let clients = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
+                        let Some(slot) = ClientSlot::take(&clients, MAX_CLIENTS) else {
+                            // A short line into an empty socket buffer.
+                            let _ = stream.set_nonblocking(true);
+                            let _ = (&stream).write_all(BUSY);
+                            continue;
+                        };
                         let ctl = ctl.clone();
-                        let r = std::thread::Builder::new()
-                            .name("api-conn".into())
-                            .spawn(move || serve_client(stream, ctl.as_ref()));
+                        let r =
+                            std::thread::Builder::new()
+                                .name("api-conn".into())
+                                .spawn(move || {
+                                    let _slot = slot;
+                                    serve_client(stream, ctl.as_ref())
+                                });
                         if let Err(e) = r {
                             tracing::warn!("cannot start control connection thread: {e}");
                         }
@@ -159,6 +204,11 @@ pub fn serve(listener: UnixListener, ctl: Arc<dyn Controller>) -> std::io::Resul
 }
 
 fn serve_client(stream: UnixStream, ctl: &dyn Controller) {
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
+    {
+        return;
+    }
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -214,6 +264,28 @@ mod tests {
         assert_eq!(
             parse_command("empty-slot l1").unwrap(),
             Command::EmptySlot { id: "l1".into() }
+        );
+    }
+
+    #[test]
+    fn client_slots_are_bounded_and_given_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let held: Vec<ClientSlot> = (0..3)
+            .map(|_| ClientSlot::take(&count, 3).expect("a free slot"))
+            .collect();
+        assert!(ClientSlot::take(&count, 3).is_none());
+        drop(held);
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        assert!(ClientSlot::take(&count, 3).is_some());
+    }
+
+    #[test]
+    fn huge_shutdown_deadline_parses() {
+        assert_eq!(
+            parse_command("shutdown 18446744073709551615").unwrap(),
+            Command::Shutdown {
+                deadline_ms: Some(u64::MAX)
+            }
         );
     }
 

@@ -3,4 +3,5 @@
 pub mod bus;
 pub mod i8042;
 pub mod serial;
+pub mod serial_log;
 pub mod virtio;

@@ -1,5 +1,5 @@
 //! 8250 UART (vm-superio) at COM1, its interrupt through an irqfd, output to
-//! the serial log or stdout.
+//! the serial log (capped, see [`super::serial_log`]) or stdout.
 
 use std::fs::File;
 use std::io::Write;
@@ -7,6 +7,8 @@ use std::io::Write;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
+
+use super::serial_log::CappedLog;
 
 /// COM1 base port.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -24,11 +26,19 @@ impl Trigger for IrqTrigger {
 }
 
 /// Unbuffered output: every guest byte reaches the file at once.
-pub struct SerialOut(pub File);
+pub enum SerialOut {
+    /// The serial log file, kept under its size limit.
+    Log(CappedLog),
+    /// The VMM's stdout, for whoever reads it.
+    Stdout(File),
+}
 
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        match self {
+            SerialOut::Log(l) => l.write(buf),
+            SerialOut::Stdout(f) => f.write(buf),
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -43,9 +53,9 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     /// A UART raising `irq` and writing to `out`.
-    pub fn new(irq: EventFd, out: File) -> Self {
+    pub fn new(irq: EventFd, out: SerialOut) -> Self {
         SerialDevice {
-            uart: Serial::new(IrqTrigger(irq), SerialOut(out)),
+            uart: Serial::new(IrqTrigger(irq), out),
             write_errors: 0,
         }
     }

@@ -104,11 +104,12 @@ impl Block {
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let len = {
-                let mut slot = match self.slot.lock() {
+                let mut guard = match self.slot.lock() {
                     Ok(s) => s,
                     Err(_) => return,
                 };
-                match request::handle(mem, chain, slot.backing.as_mut()) {
+                let slot = &mut *guard;
+                match request::handle(mem, chain, &slot.id, slot.backing.as_mut()) {
                     Ok(n) => n,
                     Err(RequestError::Malformed(m, n)) => {
                         errors.push(m);

@@ -21,6 +21,8 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 const HEADER_SIZE: usize = 16;
 const CHUNK: usize = 64 * 1024;
+/// Size of the GET_ID answer (VIRTIO_BLK_ID_BYTES).
+const ID_BYTES: usize = 20;
 
 /// A request that could not even be answered with a status byte, with the
 /// used length to report.
@@ -55,11 +57,12 @@ pub fn checked_range(sector: u64, len: u64, sectors: u64) -> Option<u64> {
     (end <= sectors.checked_mul(SECTOR_SIZE)?).then_some(start)
 }
 
-/// Serves the request in `chain`; returns the number of bytes written to
-/// the guest (data plus status byte).
+/// Serves the request in `chain` for the drive named `id`; returns the
+/// number of bytes written to the guest (data plus status byte).
 pub fn handle<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
+    id: &str,
     backing: Option<&mut Backing>,
 ) -> Result<u32, RequestError>
 where
@@ -86,7 +89,7 @@ where
         return Err(RequestError::Malformed("short request header".into(), 1));
     }
     let h = parse_header(&hdr);
-    let (status, written) = serve(h, &mut reader, &mut data_w, backing);
+    let (status, written) = serve(h, &mut reader, &mut data_w, id, backing);
     status_w
         .write_all(&[status])
         .map_err(|e| bad(&format!("status write: {e}")))?;
@@ -97,6 +100,7 @@ fn serve(
     h: Header,
     reader: &mut Reader,
     data_w: &mut Writer,
+    id: &str,
     backing: Option<&mut Backing>,
 ) -> (u8, usize) {
     match h.type_ {
@@ -156,17 +160,11 @@ fn serve(
             None => (VIRTIO_BLK_S_IOERR, 0),
         },
         VIRTIO_BLK_T_GET_ID => {
-            let id = backing
-                .map(|b| {
-                    b.path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
-            let mut bytes = id.into_bytes();
-            bytes.resize(20, 0);
-            let n = data_w.available_bytes().min(20);
+            // The drive's configured id: nothing about the host's files.
+            let mut bytes = [0u8; ID_BYTES];
+            let n = id.len().min(ID_BYTES);
+            bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+            let n = data_w.available_bytes().min(ID_BYTES);
             match data_w.write_all(&bytes[..n]) {
                 Ok(()) => (VIRTIO_BLK_S_OK, n),
                 Err(_) => (VIRTIO_BLK_S_IOERR, 0),
@@ -238,7 +236,7 @@ mod tests {
         q.add_desc_chains(&raw, 0).unwrap();
         let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
         let chain = queue.iter(m).unwrap().next().unwrap();
-        handle(m, chain, b)
+        handle(m, chain, "slot-a", b)
     }
 
     #[test]
@@ -386,6 +384,38 @@ mod tests {
         assert_eq!(
             m.read_obj::<u8>(GuestAddress(0xa000)).unwrap(),
             VIRTIO_BLK_S_IOERR
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn get_id_answers_the_drive_id_and_not_the_backing_file_name() {
+        let m = mem();
+        let (mut b, p) = backing(4, false);
+        m.write_slice(&header(VIRTIO_BLK_T_GET_ID, 0), GuestAddress(0x8000))
+            .unwrap();
+        m.write_slice(&[0xffu8; 20], GuestAddress(0x9000)).unwrap();
+        let n = run(
+            &m,
+            &[
+                (0x8000, 16, F_NEXT),
+                (0x9000, 20, F_NEXT | F_WRITE),
+                (0xa000, 1, F_WRITE),
+            ],
+            Some(&mut b),
+        )
+        .unwrap();
+        assert_eq!(n, 21);
+        let mut got = [0u8; 20];
+        m.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+        let mut want = [0u8; 20];
+        want[..6].copy_from_slice(b"slot-a");
+        assert_eq!(got, want);
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!String::from_utf8_lossy(&got).contains(&name[..8]));
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0xa000)).unwrap(),
+            VIRTIO_BLK_S_OK
         );
         std::fs::remove_file(p).unwrap();
     }

@@ -8,8 +8,10 @@
 //! The device's queues are served by one backend thread ([`muxer`]); the
 //! vCPU thread only wakes it on a queue notification.
 
+pub mod credit;
 pub mod handshake;
 pub mod muxer;
+pub mod tx;
 
 use std::path::Path;
 use std::sync::mpsc::Sender;

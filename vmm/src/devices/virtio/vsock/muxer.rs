@@ -3,50 +3,62 @@
 //!
 //! Every packet from the guest is checked (header, CIDs, type, length,
 //! descriptors); a bad packet is dropped or answered with a reset, and
-//! logged rate-limited. Nothing the guest sends can stop this thread.
+//! logged rate-limited. Nothing the guest sends can stop or block this
+//! thread, or make it buffer without bound:
+//!
+//! - TX packets are handled as they are popped, at most [`BUDGET`] chains
+//!   per pass ([`super::tx`]); what the host buffers for one connection is
+//!   bounded by the credit it advertised ([`super::credit`]).
+//! - Every host stream is non-blocking, connects included. When the guest
+//!   closes a connection whose host reader is slow, what is still buffered
+//!   drains in the background and is dropped after [`DRAIN_TIMEOUT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::credit::Credit;
 use super::handshake::{self, Handshake};
+use super::tx::{
+    drain_tx, Header, TxItem, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
+    OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
+};
 use super::{Event, VsockError, GUEST_CID, HOST_CID};
 use crate::devices::virtio::{should_log, Interrupt};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 
-const TYPE_STREAM: u16 = 1;
-const OP_REQUEST: u16 = 1;
-const OP_RESPONSE: u16 = 2;
-const OP_RST: u16 = 3;
-const OP_SHUTDOWN: u16 = 4;
-const OP_RW: u16 = 5;
-const OP_CREDIT_UPDATE: u16 = 6;
-const OP_CREDIT_REQUEST: u16 = 7;
 const SHUTDOWN_RCV: u32 = 1;
 const SHUTDOWN_SEND: u32 = 2;
 
-/// Receive buffer we advertise per connection.
+/// Receive buffer we advertise per connection: the most the host buffers
+/// for one connection.
 const CONN_BUF: u32 = 256 * 1024;
-/// Largest packet payload accepted from the guest.
-const MAX_PKT_DATA: u32 = 64 * 1024;
-/// Most connections (including handshakes in progress).
+/// Most connections (including handshakes in progress and connections
+/// draining after the guest closed them).
 const MAX_CONNS: usize = 1024;
 /// Most control packets waiting for guest RX buffers; beyond this a guest
 /// that does not read its RX queue gets further replies dropped.
 const MAX_CONTROL: usize = 4096;
+/// Most descriptor chains handled per queue and pass before the thread
+/// looks at its other events again.
+pub const BUDGET: usize = 256;
+/// How long data the guest sent before closing may wait for a slow host
+/// reader before it is dropped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// First host-side port handed out for host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -56,16 +68,6 @@ const TOKEN_FIRST_STREAM: u64 = 16;
 
 /// (host port, guest port).
 type Key = (u32, u32);
-
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    src_port: u32,
-    dst_port: u32,
-    op: u16,
-    flags: u32,
-    buf_alloc: u32,
-    fwd_cnt: u32,
-}
 
 #[derive(PartialEq, Eq, Debug)]
 enum State {
@@ -78,11 +80,8 @@ struct Conn {
     stream: UnixStream,
     token: u64,
     state: State,
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: Wrapping<u32>,
-    rx_cnt: Wrapping<u32>,
-    fwd_cnt: Wrapping<u32>,
-    last_fwd_cnt_sent: Wrapping<u32>,
+    credit: Credit,
+    /// Guest data not yet written to the stream (at most CONN_BUF bytes).
     to_stream: VecDeque<u8>,
     readable: bool,
     host_eof: bool,
@@ -95,22 +94,20 @@ impl Conn {
             stream,
             token,
             state,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: Wrapping(0),
-            rx_cnt: Wrapping(0),
-            fwd_cnt: Wrapping(0),
-            last_fwd_cnt_sent: Wrapping(0),
+            credit: Credit::new(CONN_BUF),
             to_stream: VecDeque::new(),
             readable: true,
             host_eof: false,
             guest_shut_send: false,
         }
     }
+}
 
-    fn peer_credit(&self) -> u32 {
-        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
-        self.peer_buf_alloc.saturating_sub(in_flight)
-    }
+/// A connection the guest closed, still writing what it sent to a slow
+/// host reader.
+struct Drain {
+    stream: UnixStream,
+    buf: VecDeque<u8>,
 }
 
 struct Pending {
@@ -134,17 +131,26 @@ struct Muxer {
     pending: HashMap<u64, Pending>,
     conns: HashMap<Key, Conn>,
     tokens: HashMap<u64, Key>,
+    draining: HashMap<u64, Drain>,
+    /// Drop deadlines of draining connections, oldest first.
+    drain_deadlines: VecDeque<(Instant, u64)>,
     next_token: u64,
     next_host_port: u32,
     /// Control packets waiting for RX buffers: (host port, guest port, op, flags).
     control: VecDeque<(u32, u32, u16, u32)>,
+    /// One TX packet's data at a time.
+    tx_scratch: Vec<u8>,
+    /// One RX packet's data at a time.
+    rx_scratch: Vec<u8>,
+    /// A pass stopped at its budget: run again without waiting.
+    more_work: bool,
     bad_packets: u64,
 }
 
 /// Binds the socket and starts the backend thread; returns the event
 /// sender and the wake eventfd.
 pub fn start(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>), VsockError> {
-    let listener = UnixListener::bind(uds).map_err(|source| VsockError::Bind {
+    let listener = crate::unix_socket::bind_private(uds).map_err(|source| VsockError::Bind {
         path: uds.to_path_buf(),
         source,
     })?;
@@ -173,9 +179,14 @@ pub fn start(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>), VsockError> {
             pending: HashMap::new(),
             conns: HashMap::new(),
             tokens: HashMap::new(),
+            draining: HashMap::new(),
+            drain_deadlines: VecDeque::new(),
             next_token: TOKEN_FIRST_STREAM,
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
+            tx_scratch: Vec::with_capacity(MAX_PKT_DATA as usize),
+            rx_scratch: Vec::with_capacity(MAX_PKT_DATA as usize),
+            more_work: false,
             bad_packets: 0,
         };
         std::thread::Builder::new()
@@ -193,7 +204,17 @@ impl Muxer {
     fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout_ms = if self.more_work {
+                0
+            } else {
+                self.drain_deadlines.front().map_or(-1, |(d, _)| {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up so that the deadline has passed on wake-up.
+                    i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+                })
+            };
+            self.more_work = false;
+            let n = match self.epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -211,6 +232,7 @@ impl Muxer {
                     t => self.stream_event(t, ev.event_set()),
                 }
             }
+            self.expire_drains(Instant::now());
             self.process_tx();
             self.process_rx();
         }
@@ -262,11 +284,15 @@ impl Muxer {
         t
     }
 
+    fn conn_count(&self) -> usize {
+        self.pending.len() + self.conns.len() + self.draining.len()
+    }
+
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.pending.len() + self.conns.len() >= MAX_CONNS {
+                    if self.conn_count() >= MAX_CONNS {
                         self.bad("too many connections: refusing a host client");
                         continue;
                     }
@@ -305,6 +331,10 @@ impl Muxer {
     fn stream_event(&mut self, token: u64, set: EventSet) {
         if self.pending.contains_key(&token) {
             self.handshake_step(token);
+            return;
+        }
+        if self.draining.contains_key(&token) {
+            self.flush_drain(token);
             return;
         }
         let Some(key) = self.tokens.get(&token).copied() else {
@@ -422,131 +452,145 @@ impl Muxer {
         self.push_control((key.0, key.1, OP_RST, 0));
     }
 
+    /// Writes buffered guest data to the host stream, as much as it takes
+    /// without blocking.
     fn flush_to_stream(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        while !c.to_stream.is_empty() {
-            let (a, _) = c.to_stream.as_slices();
-            match c.stream.write(a) {
-                Ok(0) => break,
-                Ok(n) => {
-                    c.to_stream.drain(..n);
-                    c.fwd_cnt += Wrapping(n as u32);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.reset_conn(key);
-                    return;
-                }
+        match write_some(&mut c.stream, &mut c.to_stream) {
+            Ok(n) => c.credit.forwarded(n),
+            Err(_) => {
+                self.reset_conn(key);
+                return;
             }
         }
         if c.to_stream.is_empty() && c.guest_shut_send {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
         }
-        if (c.fwd_cnt - c.last_fwd_cnt_sent).0 >= CONN_BUF / 4 {
+        if c.credit.update_due() {
             self.push_control((key.0, key.1, OP_CREDIT_UPDATE, 0));
         }
     }
 
-    /// Drains the TX queue: packets from the guest.
-    fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+    /// The guest closed `key`: it hears a reset now; what it sent before
+    /// drains to the host reader in the background, for at most
+    /// [`DRAIN_TIMEOUT`].
+    fn close_conn(&mut self, key: Key) {
+        let Some(mut c) = self.conns.remove(&key) else {
             return;
         };
-        let mem = active.mem.clone();
-        let mut got: Vec<(Header, Option<Vec<u8>>)> = Vec::new();
-        let mut errors: Vec<String> = Vec::new();
-        let mut used_any = false;
-        {
-            let q = &mut active.queues[TXQ];
-            loop {
-                let mut chain = match q.iter(&*mem) {
-                    Ok(mut it) => match it.next() {
-                        Some(c) => c,
-                        None => break,
-                    },
-                    Err(e) => {
-                        errors.push(format!("tx queue: {e:?}"));
-                        break;
-                    }
-                };
-                let head = chain.head_index();
-                match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
-                    Ok(pkt) => {
-                        if pkt.src_cid() != GUEST_CID
-                            || pkt.dst_cid() != HOST_CID
-                            || pkt.type_() != TYPE_STREAM
-                        {
-                            errors.push(format!(
-                                "packet with src_cid {} dst_cid {} type {}",
-                                pkt.src_cid(),
-                                pkt.dst_cid(),
-                                pkt.type_()
-                            ));
-                            // Answer with a reset unless it is one.
-                            if pkt.op() != OP_RST && pkt.type_() == TYPE_STREAM {
-                                got.push((
-                                    Header {
-                                        src_port: pkt.src_port(),
-                                        dst_port: pkt.dst_port(),
-                                        op: u16::MAX,
-                                        flags: 0,
-                                        buf_alloc: 0,
-                                        fwd_cnt: 0,
-                                    },
-                                    None,
-                                ));
-                            }
-                        } else {
-                            let data = pkt.data_slice().map(|s| {
-                                let mut v = vec![0u8; s.len()];
-                                s.copy_to(&mut v[..]);
-                                v
-                            });
-                            got.push((
-                                Header {
-                                    src_port: pkt.src_port(),
-                                    dst_port: pkt.dst_port(),
-                                    op: pkt.op(),
-                                    flags: pkt.flags(),
-                                    buf_alloc: pkt.buf_alloc(),
-                                    fwd_cnt: pkt.fwd_cnt(),
-                                },
-                                data,
-                            ));
-                        }
-                    }
-                    Err(e) => errors.push(format!("bad tx packet: {e:?}")),
-                }
-                if let Err(e) = q.add_used(&*mem, head, 0) {
-                    errors.push(format!("tx add_used: {e:?}"));
-                    break;
-                }
-                used_any = true;
-            }
-            if used_any && q.needs_notification(&*mem).unwrap_or(true) {
-                active.interrupt.signal_used();
-            }
+        self.tokens.remove(&c.token);
+        self.push_control((key.0, key.1, OP_RST, 0));
+        let done = match write_some(&mut c.stream, &mut c.to_stream) {
+            Ok(_) => c.to_stream.is_empty(),
+            Err(_) => true,
+        };
+        if done {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            return;
         }
-        for e in errors {
-            self.bad(&e);
+        // The stream stays registered (edge-triggered, with OUT) under its
+        // token: writability brings us back to flush_drain.
+        self.draining.insert(
+            c.token,
+            Drain {
+                stream: c.stream,
+                buf: c.to_stream,
+            },
+        );
+        if self.drain_deadlines.len() >= 2 * MAX_CONNS {
+            let live = &self.draining;
+            self.drain_deadlines.retain(|(_, t)| live.contains_key(t));
         }
-        for (h, data) in got {
-            self.handle_packet(h, data);
+        self.drain_deadlines
+            .push_back((Instant::now() + DRAIN_TIMEOUT, c.token));
+    }
+
+    fn end_drain(&mut self, token: u64) {
+        if let Some(d) = self.draining.remove(&token) {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                d.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
     }
 
-    fn handle_packet(&mut self, h: Header, data: Option<Vec<u8>>) {
-        let key = (h.dst_port, h.src_port);
-        if h.op == u16::MAX {
-            self.push_control((key.0, key.1, OP_RST, 0));
+    fn flush_drain(&mut self, token: u64) {
+        let Some(d) = self.draining.get_mut(&token) else {
             return;
+        };
+        let done = match write_some(&mut d.stream, &mut d.buf) {
+            Ok(_) => d.buf.is_empty(),
+            Err(_) => true,
+        };
+        if done {
+            self.end_drain(token);
         }
+    }
+
+    /// Drops draining connections whose host reader did not take the data
+    /// in time.
+    fn expire_drains(&mut self, now: Instant) {
+        while let Some(&(deadline, token)) = self.drain_deadlines.front() {
+            if deadline > now {
+                return;
+            }
+            self.drain_deadlines.pop_front();
+            if self.draining.contains_key(&token) {
+                tracing::debug!(
+                    "vsock: host reader too slow, dropping the rest of a closed connection"
+                );
+                self.end_drain(token);
+            }
+        }
+    }
+
+    /// Handles up to [`BUDGET`] packets from the TX queue, each as it is
+    /// popped.
+    fn process_tx(&mut self) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let mut scratch = std::mem::take(&mut self.tx_scratch);
+        let pass = drain_tx(
+            &mem,
+            &mut active.queues[TXQ],
+            BUDGET,
+            &mut scratch,
+            |item| match item {
+                TxItem::Packet(h, data) => self.handle_packet(h, data),
+                TxItem::Misaddressed { src_port, dst_port } => {
+                    self.bad("packet with wrong CIDs: answering with a reset");
+                    self.push_control((dst_port, src_port, OP_RST, 0));
+                }
+                TxItem::Dropped(why) => self.bad(&why),
+            },
+        );
+        self.tx_scratch = scratch;
+        if let Some(e) = &pass.queue_error {
+            self.bad(e);
+        }
+        if pass.used > 0 {
+            let q = &mut active.queues[TXQ];
+            if q.needs_notification(&*mem).unwrap_or(true) {
+                active.interrupt.signal_used();
+            }
+        }
+        self.more_work |= pass.more;
+        self.active = Some(active);
+    }
+
+    fn handle_packet(&mut self, h: Header, data: &[u8]) {
+        let key = (h.dst_port, h.src_port);
         if let Some(c) = self.conns.get_mut(&key) {
-            c.peer_buf_alloc = h.buf_alloc;
-            c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+            c.credit.peer_update(h.buf_alloc, h.fwd_cnt);
         }
         match h.op {
             OP_REQUEST => {
@@ -567,6 +611,7 @@ impl Muxer {
                 }
                 c.state = State::Established;
                 c.readable = true;
+                // The first bytes on a fresh stream: its buffer is empty.
                 let line = format!("OK {}\n", key.0);
                 if c.stream.write_all(line.as_bytes()).is_err() {
                     self.reset_conn(key);
@@ -581,33 +626,12 @@ impl Muxer {
                     c.guest_shut_send = true;
                 }
                 if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
-                    // The guest closed: flush what we have, then reset.
-                    let pending: Vec<u8> = c.to_stream.drain(..).collect();
-                    let _ = c.stream.set_nonblocking(false);
-                    let _ = c.stream.write_all(&pending);
-                    self.reset_conn(key);
+                    self.close_conn(key);
                 } else {
                     self.flush_to_stream(key);
                 }
             }
-            OP_RW => {
-                let Some(c) = self.conns.get_mut(&key) else {
-                    self.push_control((key.0, key.1, OP_RST, 0));
-                    return;
-                };
-                if c.state != State::Established {
-                    self.reset_conn(key);
-                    return;
-                }
-                let d = data.unwrap_or_default();
-                if c.to_stream.len() + d.len() > CONN_BUF as usize {
-                    self.bad("guest exceeded its credit: resetting the connection");
-                    self.reset_conn(key);
-                    return;
-                }
-                c.to_stream.extend(d);
-                self.flush_to_stream(key);
-            }
+            OP_RW => self.guest_data(key, data),
             OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => {
                 if self.conns.contains_key(&key) {
@@ -625,16 +649,57 @@ impl Muxer {
         }
     }
 
+    /// Data from the guest: written straight to the stream while nothing
+    /// is queued, the rest kept within the connection's credit.
+    fn guest_data(&mut self, key: Key, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            self.push_control((key.0, key.1, OP_RST, 0));
+            return;
+        };
+        if c.state != State::Established {
+            self.reset_conn(key);
+            return;
+        }
+        // data.len() <= MAX_PKT_DATA.
+        if let Err(e) = c.credit.accept(data.len() as u32) {
+            self.bad(&format!("{e}: resetting the connection"));
+            self.reset_conn(key);
+            return;
+        }
+        let mut rest = data;
+        if c.to_stream.is_empty() {
+            match write_slice(&mut c.stream, data) {
+                Ok(n) => {
+                    c.credit.forwarded(n as u32);
+                    rest = &data[n..];
+                }
+                Err(_) => {
+                    self.reset_conn(key);
+                    return;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            // Once, to the advertised size: the credit check keeps it there.
+            let cap = CONN_BUF as usize;
+            if c.to_stream.capacity() < cap {
+                c.to_stream.reserve_exact(cap - c.to_stream.len());
+            }
+            c.to_stream.extend(rest);
+        }
+        self.flush_to_stream(key);
+    }
+
     /// The guest connects to host port `key.0`: `<uds>_<port>`.
     fn guest_connect(&mut self, key: Key, h: Header) {
-        if self.pending.len() + self.conns.len() >= MAX_CONNS {
+        if self.conn_count() >= MAX_CONNS {
             self.bad("too many connections: refusing a guest connection");
             self.push_control((key.0, key.1, OP_RST, 0));
             return;
         }
         let mut path = self.uds.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&path) {
+        let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("vsock: guest connection to {:?}: {e}", path);
@@ -642,10 +707,6 @@ impl Muxer {
                 return;
             }
         };
-        if stream.set_nonblocking(true).is_err() {
-            self.push_control((key.0, key.1, OP_RST, 0));
-            return;
-        }
         let token = self.add_token();
         if self
             .epoll
@@ -666,26 +727,29 @@ impl Muxer {
             return;
         }
         let mut c = Conn::new(stream, token, State::Established);
-        c.peer_buf_alloc = h.buf_alloc;
-        c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+        c.credit.peer_update(h.buf_alloc, h.fwd_cnt);
         self.conns.insert(key, c);
         self.tokens.insert(token, key);
         self.push_control((key.0, key.1, OP_RESPONSE, 0));
     }
 
-    /// Fills RX buffers: control packets first, then stream data within
-    /// the guest's credit.
+    /// Fills up to [`BUDGET`] RX buffers: control packets first, then
+    /// stream data within the guest's credit.
     fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = active.mem.clone();
-        let mut used_any = false;
+        let mut used = 0usize;
         let mut errors: Vec<String> = Vec::new();
         let mut to_reset: Vec<Key> = Vec::new();
         let keys: Vec<Key> = self.conns.keys().copied().collect();
         let mut key_idx = 0usize;
         loop {
+            if used >= BUDGET {
+                self.more_work = true;
+                break;
+            }
             // Pick what to send next.
             enum Next {
                 Control(u32, u32, u16, u32),
@@ -701,7 +765,7 @@ impl Muxer {
                         if c.state == State::Established
                             && c.readable
                             && !c.host_eof
-                            && c.peer_credit() > 0
+                            && c.credit.peer_credit() > 0
                         {
                             found = Some(k);
                             break;
@@ -733,7 +797,7 @@ impl Muxer {
                     if q.add_used(&*mem, head, 0).is_err() {
                         break;
                     }
-                    used_any = true;
+                    used += 1;
                     continue;
                 }
             };
@@ -754,10 +818,12 @@ impl Muxer {
                         break;
                     }
                     let want = room
-                        .min(c.peer_credit() as usize)
+                        .min(c.credit.peer_credit() as usize)
                         .min(MAX_PKT_DATA as usize);
-                    let mut buf = vec![0u8; want];
-                    match c.stream.read(&mut buf) {
+                    let buf = &mut self.rx_scratch;
+                    buf.clear();
+                    buf.resize(want, 0);
+                    match c.stream.read(&mut buf[..]) {
                         Ok(0) => {
                             c.host_eof = true;
                             q.go_to_previous_position();
@@ -774,7 +840,8 @@ impl Muxer {
                             if let Some(s) = pkt.data_slice() {
                                 s.copy_from(&buf[..n]);
                             }
-                            c.rx_cnt += Wrapping(n as u32);
+                            // n <= MAX_PKT_DATA.
+                            c.credit.sent(n as u32);
                             (k.0, k.1, OP_RW, 0, n as u32)
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -795,12 +862,9 @@ impl Muxer {
                     }
                 }
             };
-            let fwd_cnt = match self.conns.get_mut(&(host_port, guest_port)) {
-                Some(c) => {
-                    c.last_fwd_cnt_sent = c.fwd_cnt;
-                    c.fwd_cnt.0
-                }
-                None => 0,
+            let (buf_alloc, fwd_cnt) = match self.conns.get_mut(&(host_port, guest_port)) {
+                Some(c) => c.credit.header_fields(),
+                None => (CONN_BUF, 0),
             };
             pkt.set_src_cid(HOST_CID)
                 .set_dst_cid(GUEST_CID)
@@ -810,7 +874,7 @@ impl Muxer {
                 .set_op(op)
                 .set_flags(flags)
                 .set_len(len)
-                .set_buf_alloc(CONN_BUF)
+                .set_buf_alloc(buf_alloc)
                 .set_fwd_cnt(fwd_cnt);
             let used_len = PKT_HEADER_SIZE as u32 + len;
             let q = &mut active.queues[RXQ];
@@ -818,9 +882,9 @@ impl Muxer {
                 errors.push(format!("rx add_used: {e:?}"));
                 break;
             }
-            used_any = true;
+            used += 1;
         }
-        if used_any {
+        if used > 0 {
             let q = &mut active.queues[RXQ];
             if q.needs_notification(&*mem).unwrap_or(true) {
                 active.interrupt.signal_used();
@@ -832,5 +896,121 @@ impl Muxer {
         for e in errors {
             self.bad(&e);
         }
+    }
+}
+
+/// Writes as much of `data` as `stream` takes without blocking.
+fn write_slice(stream: &mut UnixStream, data: &[u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match stream.write(&data[done..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes from the front of `buf` as much as `stream` takes without
+/// blocking; returns the bytes written. An emptied buffer gives its memory
+/// back.
+fn write_some(stream: &mut UnixStream, buf: &mut VecDeque<u8>) -> std::io::Result<u32> {
+    let mut total = 0u32;
+    while !buf.is_empty() {
+        let (a, _) = buf.as_slices();
+        let n = write_slice(stream, a)?;
+        if n == 0 {
+            break;
+        }
+        buf.drain(..n);
+        // At most CONN_BUF bytes are ever buffered.
+        total = total.saturating_add(n as u32);
+    }
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = VecDeque::new();
+    }
+    Ok(total)
+}
+
+/// Connects to a host listener without blocking: one whose backlog is full
+/// refuses (EAGAIN) instead of stalling the vsock thread.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connecting_to_a_full_backlog_fails_at_once_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("ampoule-vsock-ut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l");
+        // A listener that never accepts, with the smallest backlog.
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        nix::sys::socket::bind(
+            fd.as_raw_fd(),
+            &nix::sys::socket::UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1).unwrap()).unwrap();
+        let mut held = Vec::new();
+        let mut refused = None;
+        // A blocking connect would hang here once the backlog is full.
+        for _ in 0..64 {
+            match connect_nonblocking(&path) {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = refused.expect("a full backlog must refuse");
+        assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+        assert!(!held.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_some_stops_at_a_full_stream_and_keeps_the_rest() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut buf: VecDeque<u8> = (0..4 * 1024 * 1024u32).map(|i| i as u8).collect();
+        let total = buf.len();
+        let n = write_some(&mut a, &mut buf).unwrap() as usize;
+        assert!(n > 0 && n < total, "wrote {n} of {total}");
+        assert_eq!(buf.len(), total - n);
+        assert_eq!(buf.front().copied(), Some(n as u8));
+        b.set_nonblocking(true).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while let Ok(k) = b.read(&mut sink) {
+            if k == 0 {
+                break;
+            }
+            got += k;
+        }
+        assert_eq!(got, n);
     }
 }
