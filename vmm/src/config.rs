@@ -28,6 +28,8 @@ pub const MAX_DRIVE_ID: usize = 20;
 /// Errors in a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("uid and gid must be given together")]
+    Identity,
     #[error("invalid --drive value {value:?}: {reason}")]
     BadDrive { value: String, reason: String },
     #[error("cannot read config file {path}: {source}")]
@@ -87,6 +89,9 @@ fn default_memory() -> u64 {
 fn default_shutdown_timeout() -> u64 {
     5000
 }
+fn default_seccomp() -> bool {
+    true
+}
 fn default_serial_log_max() -> u64 {
     DEFAULT_SERIAL_LOG_MAX_BYTES
 }
@@ -132,6 +137,15 @@ pub struct VmConfig {
     /// Graceful shutdown deadline before the VM is stopped by force.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
+    /// Seccomp filters on every VMM thread (off only for debugging).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
+    /// Run as this uid (with `gid`) once everything is open.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Run as this gid (with `uid`) once everything is open.
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -148,6 +162,9 @@ impl Default for VmConfig {
             api_sock: None,
             drives: Vec::new(),
             shutdown_timeout_ms: default_shutdown_timeout(),
+            seccomp: true,
+            uid: None,
+            gid: None,
         }
     }
 }
@@ -266,9 +283,19 @@ pub fn check_socket_path(what: &'static str, path: &Path) -> Result<(), ConfigEr
 
 impl VmConfig {
     /// Checks everything that can be checked before creating anything.
+    /// The identity to drop to, if any (uid and gid go together).
+    pub fn identity(&self) -> Result<Option<crate::jail::Identity>, ConfigError> {
+        match (self.uid, self.gid) {
+            (Some(uid), Some(gid)) => Ok(Some(crate::jail::Identity { uid, gid })),
+            (None, None) => Ok(None),
+            _ => Err(ConfigError::Identity),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
         check_elf(kernel)?;
+        self.identity()?;
         if let Some(initrd) = &self.initrd {
             let md = std::fs::metadata(initrd).map_err(|e| ConfigError::Initrd {
                 path: initrd.clone(),
@@ -428,6 +455,29 @@ mod tests {
         assert_eq!(c.drives.len(), 2);
         assert!(c.drives[0].read_only);
         assert_eq!(c.drives[1].path, None);
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_the_json_turns_it_off() {
+        assert!(from_json_str(r#"{"kernel": "/k"}"#).unwrap().seccomp);
+        assert!(VmConfig::default().seccomp);
+        let c = from_json_str(r#"{"kernel": "/k", "seccomp": false}"#).unwrap();
+        assert!(!c.seccomp);
+    }
+
+    #[test]
+    fn uid_and_gid_come_together() {
+        let c = from_json_str(r#"{"kernel": "/k", "uid": 1000, "gid": 100}"#).unwrap();
+        assert_eq!(
+            c.identity().unwrap(),
+            Some(crate::jail::Identity {
+                uid: 1000,
+                gid: 100
+            })
+        );
+        assert_eq!(VmConfig::default().identity().unwrap(), None);
+        let c = from_json_str(r#"{"kernel": "/k", "uid": 1000}"#).unwrap();
+        assert!(matches!(c.identity(), Err(ConfigError::Identity)));
     }
 
     #[test]

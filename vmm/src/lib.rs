@@ -21,6 +21,13 @@
 //!   (reset line, Ctrl-Alt-Del for graceful shutdown); port 0xf4 debug
 //!   exit; virtio-blk with run-time slots; virtio-vsock with the
 //!   hybrid-vsock Unix socket.
+//! - Seccomp ([`seccomp`]): one allowlist per thread kind (main, vCPU,
+//!   vsock, control listener, control client), installed in each thread
+//!   before it handles guest or client data; anything else kills the
+//!   process (SIGSYS). `--no-seccomp` turns them off for debugging.
+//! - Privileges ([`jail`]): with `--uid`/`--gid` the VMM drops to that
+//!   identity with no capabilities once everything is open, before any
+//!   thread starts.
 //! - Sockets ([`unix_socket`]): the control and vsock sockets are mode 0600
 //!   whatever the umask.
 //! - VM end: i8042 reset, debug-exit port, triple fault (`KVM_EXIT_SHUTDOWN`)
@@ -35,6 +42,8 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod jail;
+pub mod seccomp;
 pub mod unix_socket;
 pub mod vmm;
 pub mod vstate;

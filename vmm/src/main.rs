@@ -53,6 +53,16 @@ struct Cli {
     /// Graceful shutdown deadline in ms before the VM is stopped by force.
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// Run without the seccomp filters (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Run as this uid once /dev/kvm, the files and the sockets are open
+    /// (with --gid; capabilities are dropped).
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+    /// Run as this gid once everything is open (with --uid).
+    #[arg(long, value_name = "GID")]
+    gid: Option<u32>,
 }
 
 fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -89,6 +99,15 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     if let Some(v) = cli.shutdown_timeout_ms {
         c.shutdown_timeout_ms = v;
+    }
+    if cli.no_seccomp {
+        c.seccomp = false;
+    }
+    if cli.uid.is_some() {
+        c.uid = cli.uid;
+    }
+    if cli.gid.is_some() {
+        c.gid = cli.gid;
     }
     let base = c.drives.len();
     for (i, d) in cli.drive.iter().enumerate() {

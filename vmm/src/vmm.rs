@@ -21,8 +21,10 @@ use crate::devices::serial::{self, SerialDevice, SerialOut};
 use crate::devices::serial_log::CappedLog;
 use crate::devices::virtio::block::{Backing, Block, SharedSlot, Slot};
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::vsock::{muxer, Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::jail::{self, JailError};
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::{vcpu, vm};
 
 /// Errors while building or running the VM.
@@ -58,6 +60,10 @@ pub enum VmmError {
     Virtio(String),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("dropping privileges: {0}")]
+    Jail(#[from] JailError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -192,6 +198,8 @@ pub struct Vmm {
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     signals: OwnedFd,
     api_listener: Option<std::os::unix::net::UnixListener>,
+    vsock_backend: Option<muxer::Backend>,
+    filters: Filters,
     /// Removed when the Vmm is dropped.
     pub cleanup: Cleanup,
     _vm: VmFd,
@@ -256,6 +264,7 @@ impl Vmm {
         config.validate()?;
         // Before any thread starts, so that every thread inherits the mask.
         let signals = block_signals()?;
+        let filters = Filters::new(config.seccomp)?;
         let mem_size = config.memory_mib << 20;
         let vcpu_count =
             u8::try_from(config.vcpus).map_err(|_| ConfigError::Vcpus(config.vcpus))?;
@@ -276,10 +285,12 @@ impl Vmm {
         // virtio-mmio devices: vsock first, then the drives in slot order.
         let mut cleanup = Cleanup::default();
         let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        let mut vsock_backend = None;
         if let Some(uds) = &config.vsock_uds {
-            let v = Vsock::new(uds)?;
+            let (v, backend) = Vsock::new(uds)?;
             cleanup.add(uds.clone());
             virtio.push(Box::new(v));
+            vsock_backend = Some(backend);
         }
         let mut drives_shared: Vec<SharedSlot> = Vec::new();
         for d in &config.drives {
@@ -380,6 +391,8 @@ impl Vmm {
             vcpus,
             signals,
             api_listener,
+            vsock_backend,
+            filters,
             cleanup,
             _vm: vmfd,
             _mem: mem,
@@ -388,13 +401,24 @@ impl Vmm {
 
     /// Starts the vCPUs and runs until the guest stops or a shutdown ends it.
     /// Returns the process exit status: 0 for a guest stop or a requested
-    /// shutdown.
+    /// shutdown. With a uid and gid configured, privileges are dropped
+    /// first, while this is the only thread. Every thread, this one included
+    /// once it has started the others, runs under its seccomp filter.
     pub fn run(&mut self) -> Result<i32, VmmError> {
+        if let Some(id) = self.config.identity()? {
+            jail::drop_privileges(id)?;
+        }
+        if let Some(b) = self.vsock_backend.take() {
+            b.start(&self.filters)
+                .map_err(|e| VmmError::Vsock(VsockError::Backend(e)))?;
+        }
         if let Some(l) = self.api_listener.take() {
-            api::serve(l, self.control.clone()).map_err(io("starting control socket thread"))?;
+            api::serve(l, self.control.clone(), &self.filters)
+                .map_err(io("starting control socket thread"))?;
         }
         let vcpus = std::mem::take(&mut self.vcpus);
-        let _handles = vcpu::start_vcpus(vcpus, self.bus.clone())?;
+        let _handles = vcpu::start_vcpus(vcpus, self.bus.clone(), &self.filters)?;
+        self.filters.apply(ThreadKind::Main)?;
 
         let mut deadline: Option<Instant> = None;
         loop {

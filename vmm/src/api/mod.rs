@@ -11,6 +11,9 @@
 //! | `fill-slot ID PATH [ro]` | puts the file PATH in drive slot ID and raises a virtio-blk config-change interrupt |
 //! | `empty-slot ID` | empties drive slot ID (the guest sees capacity 0) |
 //!
+//! Builds with the `test-syscall` cargo feature (tests only) also have
+//! `test-syscall`, which makes a syscall outside every seccomp allowlist.
+//!
 //! SIGTERM, SIGINT and SIGHUP start the same graceful shutdown.
 //!
 //! The socket is mode 0600 whatever the umask. At most [`MAX_CLIENTS`]
@@ -23,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::seccomp::{self, Filters, ThreadKind};
 
 /// Longest command line accepted.
 pub const MAX_LINE: usize = 4096;
@@ -48,7 +53,16 @@ pub enum Command {
     EmptySlot {
         id: String,
     },
+    /// Makes [`TEST_SYSCALL_NR`], a syscall outside every seccomp allowlist
+    /// (only in builds with the `test-syscall` feature, for the test that
+    /// the filter kills).
+    #[cfg(feature = "test-syscall")]
+    TestSyscall,
 }
+
+/// The syscall of the `test-syscall` command: `getppid`, harmless and
+/// needed by no VMM thread.
+pub const TEST_SYSCALL_NR: libc::c_long = libc::SYS_getppid;
 
 /// Errors of the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +100,8 @@ pub fn parse_command(line: &str) -> Result<Command, ApiError> {
             read_only: true,
         }),
         ["empty-slot", id] => Ok(Command::EmptySlot { id: id.to_string() }),
+        #[cfg(feature = "test-syscall")]
+        ["test-syscall"] => Ok(Command::TestSyscall),
         [] => Err(bad("empty line")),
         [cmd, ..] => Err(bad(&format!(
             "unknown command or wrong arguments: {:?} (status | shutdown [ms] | fill-slot ID PATH [ro] | empty-slot ID)",
@@ -133,6 +149,12 @@ pub fn handle_line(ctl: &dyn Controller, line: &str) -> String {
             Ok(()) => serde_json::json!({"ok": true}),
             Err(e) => serde_json::json!({"ok": false, "error": e}),
         },
+        #[cfg(feature = "test-syscall")]
+        Ok(Command::TestSyscall) => {
+            // SAFETY: getppid takes no arguments and touches no memory.
+            let ppid = unsafe { libc::syscall(TEST_SYSCALL_NR) };
+            serde_json::json!({"ok": true, "ppid": ppid})
+        }
     };
     let mut s = reply.to_string();
     s.push('\n');
@@ -169,37 +191,43 @@ impl Drop for ClientSlot {
 }
 
 /// Serves the control socket on its own thread, one thread per client and
-/// at most [`MAX_CLIENTS`] of them.
-pub fn serve(listener: UnixListener, ctl: Arc<dyn Controller>) -> std::io::Result<()> {
+/// at most [`MAX_CLIENTS`] of them. The listener thread runs under the
+/// `Api` seccomp filter, each client thread under `ApiClient` as well.
+pub fn serve(
+    listener: UnixListener,
+    ctl: Arc<dyn Controller>,
+    filters: &Filters,
+) -> std::io::Result<()> {
     let clients = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let Some(slot) = ClientSlot::take(&clients, MAX_CLIENTS) else {
-                            // A short line into an empty socket buffer.
-                            let _ = stream.set_nonblocking(true);
-                            let _ = (&stream).write_all(BUSY);
-                            continue;
-                        };
-                        let ctl = ctl.clone();
-                        let r =
-                            std::thread::Builder::new()
-                                .name("api-conn".into())
-                                .spawn(move || {
-                                    let _slot = slot;
-                                    serve_client(stream, ctl.as_ref())
-                                });
-                        if let Err(e) = r {
-                            tracing::warn!("cannot start control connection thread: {e}");
-                        }
+    let conn_filters = filters.clone();
+    seccomp::spawn("api".into(), ThreadKind::Api, filters, move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(stream) => {
+                    let Some(slot) = ClientSlot::take(&clients, MAX_CLIENTS) else {
+                        // A short line into an empty socket buffer.
+                        let _ = stream.set_nonblocking(true);
+                        let _ = (&stream).write_all(BUSY);
+                        continue;
+                    };
+                    let ctl = ctl.clone();
+                    let r = seccomp::spawn(
+                        "api-conn".into(),
+                        ThreadKind::ApiClient,
+                        &conn_filters,
+                        move || {
+                            let _slot = slot;
+                            serve_client(stream, ctl.as_ref())
+                        },
+                    );
+                    if let Err(e) = r {
+                        tracing::warn!("cannot start control connection thread: {e}");
                     }
-                    Err(e) => tracing::warn!("control socket accept: {e}"),
                 }
+                Err(e) => tracing::warn!("control socket accept: {e}"),
             }
-        })?;
+        }
+    })?;
     Ok(())
 }
 
@@ -286,6 +314,14 @@ mod tests {
             Command::Shutdown {
                 deadline_ms: Some(u64::MAX)
             }
+        );
+    }
+
+    #[test]
+    fn test_syscall_command_exists_only_with_its_feature() {
+        assert_eq!(
+            parse_command("test-syscall").is_ok(),
+            cfg!(feature = "test-syscall")
         );
     }
 

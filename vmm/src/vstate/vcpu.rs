@@ -11,6 +11,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use crate::arch::x86_64::boot::EntryPoint;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::{Bus, ExitReason};
+use crate::seccomp::{self, Filters, ThreadKind};
 
 /// Errors while creating vCPUs.
 #[derive(Debug, thiserror::Error)]
@@ -64,15 +65,20 @@ pub fn create_vcpus(
     Ok(vcpus)
 }
 
-/// Starts one thread per vCPU.
-pub fn start_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>) -> Result<Vec<JoinHandle<()>>, VcpuError> {
+/// Starts one thread per vCPU, each under the vCPU seccomp filter of
+/// `filters` before it first enters the guest.
+pub fn start_vcpus(
+    vcpus: Vec<VcpuFd>,
+    bus: Arc<Bus>,
+    filters: &Filters,
+) -> Result<Vec<JoinHandle<Option<()>>>, VcpuError> {
     let mut handles = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let bus = bus.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || run_vcpu(id, vcpu, &bus))
-            .map_err(VcpuError::Spawn)?;
+        let h = seccomp::spawn(format!("vcpu{id}"), ThreadKind::Vcpu, filters, move || {
+            run_vcpu(id, vcpu, &bus)
+        })
+        .map_err(VcpuError::Spawn)?;
         handles.push(h);
     }
     Ok(handles)

@@ -242,3 +242,74 @@ pub fn fnv1a(data: &[u8]) -> u32 {
         (h ^ u32::from(*b)).wrapping_mul(16777619)
     })
 }
+
+/// Spawns the VMM on the linux64 test guest with `cmdline`, a serial log,
+/// a vsock socket and a control socket in `s`, plus `extra` flags.
+pub fn spawn_with_sockets(s: &Scratch, cmdline: &str, extra: &[&str]) -> VmmChild {
+    let k = guest("linux64");
+    VmmChild(
+        Command::new(VMM)
+            .args(["--kernel", k.to_str().unwrap(), "--cmdline", cmdline])
+            .args(["--vsock-uds", s.path("v.sock").to_str().unwrap()])
+            .args(["--api-sock", s.path("api.sock").to_str().unwrap()])
+            .args(["--serial-log", s.path("serial.log").to_str().unwrap()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ampoule-vmm"),
+    )
+}
+
+/// Sends one control command on `conn` and returns the reply line, or
+/// `None` if the VMM closed the connection without answering.
+pub fn api_send(conn: &std::os::unix::net::UnixStream, line: &str) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    conn.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+    (&mut &*conn)
+        .write_all(format!("{line}\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    BufReader::new(conn).read_line(&mut reply).ok()?;
+    if reply.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}")))
+}
+
+/// One thread of a process as `/proc/PID/task/TID/status` shows it.
+#[derive(Debug)]
+pub struct ThreadStatus {
+    pub name: String,
+    /// 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    pub no_new_privs: u32,
+    /// Filters stacked on the thread.
+    pub seccomp_filters: u32,
+}
+
+/// Every thread of `pid`.
+pub fn thread_statuses(pid: u32) -> Vec<ThreadStatus> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task dir") {
+        let Ok(e) = e else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |f: &str| -> String {
+            text.lines()
+                .find_map(|l| l.strip_prefix(f)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {f} in {}", e.path().display()))
+        };
+        let num = |f: &str| field(f).parse::<u32>().expect("a number");
+        out.push(ThreadStatus {
+            name: field("Name"),
+            seccomp: num("Seccomp"),
+            no_new_privs: num("NoNewPrivs"),
+            seccomp_filters: num("Seccomp_filters"),
+        });
+    }
+    out
+}

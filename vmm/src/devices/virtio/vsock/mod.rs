@@ -60,10 +60,11 @@ pub enum VsockError {
 }
 
 impl Vsock {
-    /// Binds `uds` and starts the backend thread.
-    pub fn new(uds: &Path) -> Result<Vsock, VsockError> {
-        let (tx, wake) = muxer::start(uds)?;
-        Ok(Vsock { tx, wake })
+    /// Binds `uds`; returns the device and its backend, whose thread the
+    /// caller starts ([`muxer::Backend::start`]).
+    pub fn new(uds: &Path) -> Result<(Vsock, muxer::Backend), VsockError> {
+        let (tx, wake, backend) = muxer::bind(uds)?;
+        Ok((Vsock { tx, wake }, backend))
     }
 
     fn send(&self, e: Event) {

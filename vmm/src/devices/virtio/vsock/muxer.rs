@@ -147,14 +147,33 @@ struct Muxer {
     bad_packets: u64,
 }
 
-/// Binds the socket and starts the backend thread; returns the event
-/// sender and the wake eventfd.
-pub fn start(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>), VsockError> {
+/// A bound vsock backend whose thread has not started yet (so that the
+/// process can still drop its privileges with no thread running).
+pub struct Backend(Muxer);
+
+impl Backend {
+    /// Starts the backend thread, which installs the vsock seccomp filter
+    /// of `filters` before it serves anything.
+    pub fn start(self, filters: &crate::seccomp::Filters) -> std::io::Result<()> {
+        let mut m = self.0;
+        crate::seccomp::spawn(
+            "vsock".into(),
+            crate::seccomp::ThreadKind::Vsock,
+            filters,
+            move || m.run(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Binds the socket and prepares the backend; returns the event sender,
+/// the wake eventfd and the backend to start.
+pub fn bind(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>, Backend), VsockError> {
     let listener = crate::unix_socket::bind_private(uds).map_err(|source| VsockError::Bind {
         path: uds.to_path_buf(),
         source,
     })?;
-    let setup = || -> std::io::Result<(Sender<Event>, Arc<EventFd>)> {
+    let setup = || -> std::io::Result<(Sender<Event>, Arc<EventFd>, Backend)> {
         listener.set_nonblocking(true)?;
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
@@ -169,7 +188,7 @@ pub fn start(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>), VsockError> {
             EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
         )?;
         let (tx, rx) = channel();
-        let mut m = Muxer {
+        let m = Muxer {
             uds: uds.to_path_buf(),
             epoll,
             wake: wake.clone(),
@@ -189,10 +208,7 @@ pub fn start(uds: &Path) -> Result<(Sender<Event>, Arc<EventFd>), VsockError> {
             more_work: false,
             bad_packets: 0,
         };
-        std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || m.run())?;
-        Ok((tx, wake))
+        Ok((tx, wake, Backend(m)))
     };
     setup().map_err(|e| {
         let _ = std::fs::remove_file(uds);
