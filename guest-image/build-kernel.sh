@@ -16,8 +16,25 @@ src_version=$(dpkg-query -W -f '${Version}' linux-source-6.1)
 key=$(cat "$here/kernel.fragment" "$0" <(echo "$src_version") | sha256sum | cut -c1-16)
 cache="$cache_root/$key"
 
+# Checks a .config against kernel.fragment. olddefconfig silently drops a
+# symbol whose dependencies are off, and silently keeps a default-y symbol the
+# fragment did not mention: every `CONFIG_X=v` line must be in the .config as
+# is, and every `# CONFIG_X is not set` symbol must have no value (=y or =m).
+check_config() {
+  local config=$1 bad=0 line sym
+  while IFS= read -r line; do
+    case "$line" in
+      CONFIG_*=*) grep -qx -- "$line" "$config" || { echo "build-kernel: $line did not survive olddefconfig" >&2; bad=1; } ;;
+      "# CONFIG_"*" is not set") sym=${line#\# }; sym=${sym%% *}
+        if grep -q "^$sym=" "$config"; then echo "build-kernel: $sym should be off but is $(grep "^$sym=" "$config")" >&2; bad=1; fi ;;
+    esac
+  done < "$here/kernel.fragment"
+  return "$bad"
+}
+
 if [ -f "$cache/vmlinux" ]; then
   echo "build-kernel: cached ($key)"
+  check_config "$cache/config" || exit 1
 else
   echo "build-kernel: building $key from linux-source $src_version (about 10 minutes on 2 cores)"
   work="$cache_root/build-$key"
@@ -27,17 +44,10 @@ else
   make -C "$ksrc" -s tinyconfig
   "$ksrc/scripts/kconfig/merge_config.sh" -m -O "$ksrc" "$ksrc/.config" "$here/kernel.fragment" >/dev/null
   make -C "$ksrc" -s olddefconfig
-  # olddefconfig silently drops symbols whose dependencies are off: check each.
-  missing=0
-  while IFS= read -r line; do
-    case "$line" in
-      CONFIG_*=*) grep -qx -- "$line" "$ksrc/.config" || { echo "build-kernel: $line did not survive olddefconfig" >&2; missing=1; } ;;
-      "# CONFIG_"*" is not set") sym=${line#\# }; sym=${sym%% *}
-        if grep -q "^$sym=" "$ksrc/.config"; then echo "build-kernel: $sym should be off" >&2; missing=1; fi ;;
-    esac
-  done < "$here/kernel.fragment"
-  [ "$missing" = 0 ] || exit 1
+  check_config "$ksrc/.config" || exit 1
   make -C "$ksrc" -s -j"$(nproc)" vmlinux
+  # The .config the kernel was built from (the build re-syncs it).
+  check_config "$ksrc/.config" || exit 1
   mkdir -p "$cache"
   cp "$ksrc/.config" "$cache/config"
   cp "$ksrc/include/config/kernel.release" "$cache/release"

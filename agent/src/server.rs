@@ -1,4 +1,5 @@
-//! The agent API (ttrpc on vsock port 1024) and the stdio listener (1025).
+//! The agent API (ttrpc on vsock port 1024) and the stdio listener (1025),
+//! both serving the host (peer CID 2) only.
 
 use std::sync::Arc;
 
@@ -246,17 +247,10 @@ impl agent_ttrpc::Agent for AgentService {
     }
 }
 
-/// Accepts stdio connections and routes them by their header.
+/// Accepts stdio connections (from the host only) and routes them by their
+/// header.
 async fn stdio_listener(listener: VsockListener, router: Arc<Router<VsockStream>>) {
-    loop {
-        let (mut conn, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "stdio accept");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::peer::accept_loop(listener, api::STDIO_PORT, |mut conn, peer| {
         let router = Arc::clone(&router);
         tokio::spawn(async move {
             match read_header(&mut conn).await {
@@ -272,7 +266,8 @@ async fn stdio_listener(listener: VsockListener, router: Arc<Router<VsockStream>
                 Err(e) => tracing::warn!(%peer, error = %e, "stdio connection refused"),
             }
         });
-    }
+    })
+    .await
 }
 
 /// Serves until the guest goes down.
@@ -296,12 +291,16 @@ pub async fn serve(opts: AgentOptions) -> anyhow::Result<()> {
         ready_ms: Arc::clone(&ready_ms),
     };
     let services = agent_ttrpc::create_agent(Arc::new(service));
-    let mut server = ttrpc::r#async::Server::new()
-        .bind(&format!("vsock://-1:{}", api::AGENT_PORT))
+    let agent_listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, api::AGENT_PORT))
         .map_err(|e| ServerError::Listen {
             port: api::AGENT_PORT,
             message: e.to_string(),
-        })?
+        })?;
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(crate::peer::host_only_ttrpc_listener(
+            agent_listener,
+            api::AGENT_PORT,
+        ))
         .register_service(services);
     server.start().await.map_err(|e| ServerError::Listen {
         port: api::AGENT_PORT,

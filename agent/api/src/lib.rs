@@ -36,6 +36,8 @@ pub mod agent_ttrpc {
 
 pub use agent::*;
 
+pub mod features;
+
 /// Guest CID of every Ampoule sandbox (the host is CID 2).
 pub const GUEST_CID: u32 = 3;
 /// Host CID as seen from the guest.

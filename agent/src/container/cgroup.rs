@@ -236,6 +236,12 @@ pub fn resource_writes(res: &LinuxResources) -> Result<Vec<(String, String)>, Cg
         if let Some(max) = cpu_max(cpu.quota(), cpu.period()) {
             w.push(("cpu.max".into(), max));
         }
+        if let Some(burst) = cpu.burst() {
+            w.push(("cpu.max.burst".into(), burst.to_string()));
+        }
+        if let Some(idle) = cpu.idle() {
+            w.push(("cpu.idle".into(), idle.to_string()));
+        }
         if let Some(cpus) = cpu.cpus() {
             if !cpus.is_empty() {
                 w.push(("cpuset.cpus".into(), cpus.clone()));
@@ -379,6 +385,23 @@ mod tests {
                 ("cpu.max".into(), "150000 100000".into()),
                 ("pids.max".into(), "32".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn cpu_burst_and_idle_map_to_their_files_and_absent_ones_write_nothing() {
+        let w = resource_writes(&res(r#"{"cpu":{"quota":50000,"burst":20000,"idle":1}}"#))
+            .expect("writes");
+        assert!(
+            w.contains(&("cpu.max.burst".into(), "20000".into())),
+            "{w:?}"
+        );
+        assert!(w.contains(&("cpu.idle".into(), "1".into())), "{w:?}");
+        let w = resource_writes(&res(r#"{"cpu":{"quota":50000}}"#)).expect("writes");
+        assert!(
+            w.iter()
+                .all(|(f, _)| f != "cpu.max.burst" && f != "cpu.idle"),
+            "{w:?}"
         );
     }
 

@@ -7,6 +7,7 @@ pub mod mounts;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -85,6 +86,24 @@ impl From<process::ProcessError> for ContainerError {
 impl From<seccomp::SeccompError> for ContainerError {
     fn from(e: seccomp::SeccompError) -> Self {
         ContainerError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<support::Unsupported> for ContainerError {
+    fn from(e: support::Unsupported) -> Self {
+        ContainerError::InvalidArgument(e.to_string())
+    }
+}
+
+/// Logs the fields of a spec that are present but deliberately not applied.
+fn log_ignored(container: &str, ignored: &[support::Ignored]) {
+    for i in ignored {
+        tracing::warn!(
+            container,
+            field = i.field,
+            why = i.why,
+            "spec field not applied"
+        );
     }
 }
 
@@ -422,7 +441,9 @@ impl Manager {
             .as_ref()
             .ok_or_else(|| ContainerError::InvalidArgument("config.json has no process".into()))?;
         let pplan = process::plan(oci_process)?;
+        log_ignored(&id, &support::check_process(oci_process)?);
         let linux = spec.linux().clone().unwrap_or_default();
+        log_ignored(&id, &support::check_linux(&linux)?);
         let namespaces = namespace_plan(linux.namespaces().as_deref().unwrap_or(&[]))?;
         let devices = mounts::spec_devices(linux.devices().as_deref().unwrap_or(&[]))?;
         let masked_paths = container_paths(linux.masked_paths())?;
@@ -696,6 +717,7 @@ impl Manager {
         }
         let oci = process::parse(&req.process)?;
         let pplan = process::plan(&oci)?;
+        log_ignored(&req.container_id, &support::check_process(&oci)?);
         let cfg = HelperConfig {
             setup: Setup::Exec {
                 init_pid: c.init.pid,
@@ -859,6 +881,7 @@ impl Manager {
     pub fn update(&self, id: &str, resources: &[u8]) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         let res = cgroup::parse_resources(resources)?;
+        log_ignored(id, &support::check_resources(&res)?);
         let writes = cgroup::resource_writes(&res)?;
         cgroup::apply(&Linux, &c.cgroup, &writes)?;
         Ok(())
@@ -1168,5 +1191,21 @@ mod tests {
         assert_eq!(ok, vec![PathBuf::from("/proc/kcore")]);
         assert!(container_paths(&Some(vec!["/proc/../../x".into()])).is_err());
         assert!(container_paths(&Some(vec!["proc".into()])).is_err());
+    }
+
+    #[test]
+    fn the_shared_namespace_table_is_exactly_what_namespace_plan_accepts() {
+        use ampoule_agent_api::features::NAMESPACES;
+        for typ in [
+            "mount", "pid", "network", "ipc", "uts", "cgroup", "user", "time",
+        ] {
+            let ns: oci_spec::runtime::LinuxNamespace =
+                serde_json::from_value(serde_json::json!({ "type": typ })).expect("namespace");
+            assert_eq!(
+                namespace_plan(&[ns]).is_ok(),
+                NAMESPACES.contains(&typ),
+                "{typ}"
+            );
+        }
     }
 }

@@ -14,6 +14,8 @@ pub enum MountError {
     BadSource(PathBuf),
     #[error("mount at {0:?} has no type and is not a bind mount")]
     NoType(PathBuf),
+    #[error("linux.devices: {path:?} has type {typ:?}; a node is c, u, b or p")]
+    BadDeviceType { path: PathBuf, typ: String },
 }
 
 /// Mount flags, propagation and fs data from OCI mount options.
@@ -265,14 +267,21 @@ pub fn spec_devices(
         if clean_relative(d.path()).is_none() {
             return Err(MountError::BadDestination(d.path().clone()));
         }
-        let kind = match serde_json::to_value(d.typ())
+        let typ = serde_json::to_value(d.typ())
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
-        {
-            Some(k) if k == "c" || k == "u" => 'c',
-            Some(k) if k == "b" => 'b',
-            Some(k) if k == "p" => 'p',
-            _ => continue,
+            .unwrap_or_default();
+        let kind = match typ.as_str() {
+            "c" | "u" => 'c',
+            "b" => 'b',
+            "p" => 'p',
+            // "a" (all) is a cgroup rule's type, not a node's.
+            _ => {
+                return Err(MountError::BadDeviceType {
+                    path: d.path().clone(),
+                    typ,
+                })
+            }
         };
         out.push(DeviceNode {
             path: d.path().clone(),
@@ -446,5 +455,23 @@ mod tests {
             serde_json::from_str(r#"[{"path":"/dev/../etc/x","type":"c","major":1,"minor":3}]"#)
                 .expect("devices");
         assert!(spec_devices(&bad).is_err());
+        let all: Vec<oci_spec::runtime::LinuxDevice> =
+            serde_json::from_str(r#"[{"path":"/dev/x","type":"a","major":1,"minor":3}]"#)
+                .expect("devices");
+        assert!(matches!(
+            spec_devices(&all),
+            Err(MountError::BadDeviceType { typ, .. }) if typ == "a"
+        ));
+    }
+
+    #[test]
+    fn the_shared_mount_option_table_lists_options_that_are_not_fs_data() {
+        for o in ampoule_agent_api::features::MOUNT_OPTIONS {
+            let parsed = parse_options(&opts(&[o]));
+            assert!(parsed.data.is_empty(), "{o} is implemented, not fs data");
+        }
+        for o in ["mode=755", "size=64k"] {
+            assert_eq!(parse_options(&opts(&[o])).data, vec![o.to_string()]);
+        }
     }
 }

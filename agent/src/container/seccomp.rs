@@ -48,8 +48,6 @@ pub enum SeccompError {
     Listener,
     #[error("seccomp: syscall {name:?}: argument index {index} is out of range (0-5)")]
     ArgIndex { name: String, index: usize },
-    #[error("seccomp: syscall {name:?}: SCMP_CMP_MASKED_EQ needs valueTwo")]
-    MaskedEqWithoutValueTwo { name: String },
     #[error("seccomp: building the BPF program: {0}")]
     Build(String),
     #[error(
@@ -220,22 +218,21 @@ pub fn plan(s: &LinuxSeccomp) -> Result<Plan, SeccompError> {
                         name: name.clone(),
                         index: a.index(),
                     })?;
-                let (op, value) =
-                    match a.op() {
-                        LinuxSeccompOperator::ScmpCmpEq => (Op::Eq, a.value()),
-                        LinuxSeccompOperator::ScmpCmpNe => (Op::Ne, a.value()),
-                        LinuxSeccompOperator::ScmpCmpLt => (Op::Lt, a.value()),
-                        LinuxSeccompOperator::ScmpCmpLe => (Op::Le, a.value()),
-                        LinuxSeccompOperator::ScmpCmpGt => (Op::Gt, a.value()),
-                        LinuxSeccompOperator::ScmpCmpGe => (Op::Ge, a.value()),
-                        // libseccomp: (arg & value) == valueTwo.
-                        LinuxSeccompOperator::ScmpCmpMaskedEq => {
-                            let two = a.value_two().ok_or_else(|| {
-                                SeccompError::MaskedEqWithoutValueTwo { name: name.clone() }
-                            })?;
-                            (Op::MaskedEq { mask: a.value() }, two)
-                        }
-                    };
+                let (op, value) = match a.op() {
+                    LinuxSeccompOperator::ScmpCmpEq => (Op::Eq, a.value()),
+                    LinuxSeccompOperator::ScmpCmpNe => (Op::Ne, a.value()),
+                    LinuxSeccompOperator::ScmpCmpLt => (Op::Lt, a.value()),
+                    LinuxSeccompOperator::ScmpCmpLe => (Op::Le, a.value()),
+                    LinuxSeccompOperator::ScmpCmpGt => (Op::Gt, a.value()),
+                    LinuxSeccompOperator::ScmpCmpGe => (Op::Ge, a.value()),
+                    // libseccomp: (arg & value) == valueTwo. The spec's
+                    // Go types omit a valueTwo of 0 (omitempty), so an
+                    // absent one is 0: engines' `clone` rule
+                    // (no namespace flag set) arrives that way.
+                    LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                        (Op::MaskedEq { mask: a.value() }, a.value_two().unwrap_or(0))
+                    }
+                };
                 conds.push(Cond { index, op, value });
             }
             // As runc: the same action as the default needs no rule.
@@ -619,6 +616,104 @@ mod tests {
     }
 
     #[test]
+    fn masked_eq_without_value_two_compares_with_zero_as_the_go_types_omit_it() {
+        // containerd's clone rule as it reaches config.json: valueTwo 0 is
+        // dropped by `omitempty`.
+        let ns = 0x7E02_0000u64;
+        let p = plan(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": ns, "op": "SCMP_CMP_MASKED_EQ"}]}]
+        })))
+        .expect("an absent valueTwo is 0, not an error");
+        assert_eq!(
+            p.rules[0].conds,
+            vec![Cond {
+                index: 0,
+                op: Op::MaskedEq { mask: ns },
+                value: 0
+            }]
+        );
+        assert_eq!(eval(&p, "clone", [0x11, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            eval(&p, "clone", [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]),
+            errno(libc::EPERM)
+        );
+    }
+
+    const CONTAINERD_DEFAULT: &str = include_str!("testdata/seccomp-containerd-amd64.json");
+    const PODMAN_DEFAULT: &str = include_str!("testdata/seccomp-podman-amd64.json");
+
+    fn fixture(json: &str) -> Plan {
+        let s: LinuxSeccomp = serde_json::from_str(json).expect("fixture parses");
+        plan(&s).expect("fixture plans")
+    }
+
+    #[test]
+    fn containerds_default_profile_compiles_and_confines_clone_and_clone3() {
+        // As written to config.json: no valueTwo anywhere.
+        assert!(!CONTAINERD_DEFAULT.contains("valueTwo"));
+        let p = fixture(CONTAINERD_DEFAULT);
+        let prog = compile(&p).expect("compiles");
+        assert!(prog.len() <= MAX_INSNS, "{}", prog.len());
+        // Names of other architectures are skipped, not refused.
+        assert!(
+            p.skipped.iter().any(|n| n == "socketcall"),
+            "{:?}",
+            p.skipped
+        );
+        assert_eq!(eval(&p, "read", [0; 6]), ALLOW);
+        assert_eq!(eval(&p, "arch_prctl", [0; 6]), ALLOW);
+        let sigchld = libc::SIGCHLD as u64;
+        let thread =
+            (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_THREAD) as u64;
+        assert_eq!(eval(&p, "clone", [sigchld, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(eval(&p, "clone", [thread, 0, 0, 0, 0, 0]), ALLOW);
+        for flag in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWNET] {
+            assert_eq!(
+                eval(&p, "clone", [sigchld | flag as u64, 0, 0, 0, 0, 0]),
+                errno(libc::EPERM),
+                "{flag:#x}"
+            );
+        }
+        // ENOSYS, so that libcs fall back to clone.
+        assert_eq!(eval(&p, "clone3", [0; 6]), errno(libc::ENOSYS));
+        assert_eq!(eval(&p, "mount", [0; 6]), errno(libc::EPERM));
+        assert_eq!(eval(&p, "personality", [8, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            eval(&p, "personality", [1, 0, 0, 0, 0, 0]),
+            errno(libc::EPERM)
+        );
+    }
+
+    #[test]
+    fn podmans_default_profile_compiles_with_its_default_errno_and_socket_rules() {
+        let p = fixture(PODMAN_DEFAULT);
+        let prog = compile(&p).expect("compiles");
+        assert!(prog.len() <= MAX_INSNS, "{}", prog.len());
+        assert_eq!(p.default_action, Action::Errno(libc::ENOSYS as u32));
+        assert_eq!(eval(&p, "read", [0; 6]), ALLOW);
+        assert_eq!(eval(&p, "clone3", [0; 6]), ALLOW);
+        // Not named by the profile: its defaultErrnoRet.
+        assert_eq!(eval(&p, "add_key", [0; 6]), errno(libc::ENOSYS));
+        // Named with errnoRet 1.
+        assert_eq!(eval(&p, "ptrace", [0; 6]), errno(libc::EPERM));
+        assert_eq!(eval(&p, "kexec_load", [0; 6]), errno(libc::EPERM));
+        // Without CAP_AUDIT_WRITE: netlink audit sockets get EINVAL, every
+        // other socket is allowed.
+        let (af_netlink, sock_raw, netlink_audit) = (16u64, 3u64, 9u64);
+        assert_eq!(
+            eval(&p, "socket", [af_netlink, sock_raw, netlink_audit, 0, 0, 0]),
+            errno(libc::EINVAL)
+        );
+        assert_eq!(
+            eval(&p, "socket", [af_netlink, sock_raw, 0, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(eval(&p, "socket", [2, 1, 0, 0, 0, 0]), ALLOW);
+    }
+
+    #[test]
     fn conditions_on_different_args_all_hold_and_on_one_arg_are_alternatives() {
         let p = plan(&profile(serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
@@ -705,15 +800,6 @@ mod tests {
         assert!(matches!(
             index,
             Err(SeccompError::ArgIndex { index: 6, .. })
-        ));
-        let masked = plan(&profile(serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
-                "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_MASKED_EQ"}]}]
-        })));
-        assert!(matches!(
-            masked,
-            Err(SeccompError::MaskedEqWithoutValueTwo { .. })
         ));
         // Unknown operators and architectures fail parsing config.json.
         let op: Result<LinuxSeccomp, _> = serde_json::from_value(serde_json::json!({
@@ -810,5 +896,36 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
+
+    #[test]
+    fn the_shared_seccomp_tables_are_what_plan_accepts() {
+        use ampoule_agent_api::features::{
+            SECCOMP_ACTIONS, SECCOMP_ARCHS, SECCOMP_FLAGS, SECCOMP_OPERATORS,
+        };
+        for act in SECCOMP_ACTIONS.iter().chain(&["SCMP_ACT_NOTIFY"]) {
+            let p = plan(&profile(serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": act}]
+            })));
+            assert_eq!(p.is_ok(), SECCOMP_ACTIONS.contains(act), "{act}");
+        }
+        for op in SECCOMP_OPERATORS {
+            let p = plan(&profile(serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": SECCOMP_ARCHS,
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                    "args": [{"index": 1, "value": 7, "valueTwo": 7, "op": op}]}]
+            })))
+            .expect(op);
+            assert_eq!(p.rules.len(), 1, "{op}");
+        }
+        for flag in SECCOMP_FLAGS {
+            let p = plan(&profile(serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW", "flags": [flag]
+            })))
+            .expect(flag);
+            assert_ne!(p.flags, 0, "{flag} reaches the kernel");
+        }
     }
 }
