@@ -8,6 +8,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::host::{self, HostFacts, KvmKind};
+use crate::jail::cgroup::MemoryController;
+use crate::jail::status::{self, JailState};
+use crate::jail::{child::NAMESPACES, seccomp::VHOST_VSOCK_ALLOWLIST, QEMU_SANDBOX};
 use crate::sandbox::{Sandbox, SandboxSpec};
 
 /// The report, printed as text or as one JSON object.
@@ -33,6 +36,11 @@ pub struct CheckReport {
     pub initrd: PathBuf,
     pub initrd_found: bool,
     pub host_kernel: String,
+    /// How the VM's host processes are confined.
+    pub jail: JailReport,
+    /// With `--boot`: each host process's confinement as `/proc` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jailed_processes: Option<Vec<JailState>>,
     /// With `--boot`: the guest's `uname -r`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_kernel: Option<String>,
@@ -66,6 +74,76 @@ pub struct CheckReport {
     pub error: Option<String>,
 }
 
+/// The jail's configuration and whether this host can apply it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JailReport {
+    pub enabled: bool,
+    /// `900000000..900004095`, or `65534 (shared)`.
+    pub uids: String,
+    /// Namespaces each jailed process gets.
+    pub namespaces: Vec<String>,
+    /// Seccomp of each process.
+    pub seccomp: String,
+    /// The memory cgroup parent and controller, or why there is none.
+    pub memory_cgroup: String,
+    /// Why the jail cannot work here, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The jail part of the report.
+pub fn jail_report(config: &Config) -> JailReport {
+    let uids = if config.jail_uid_count == 0 {
+        format!("{} (shared)", crate::jail::uid_pool::NOBODY)
+    } else {
+        format!(
+            "{}..{}",
+            config.jail_uid_base,
+            u64::from(config.jail_uid_base) + u64::from(config.jail_uid_count) - 1
+        )
+    };
+    let controller = MemoryController::probe(std::path::Path::new(crate::jail::CGROUP_ROOT));
+    let memory_cgroup = match &controller {
+        Some(MemoryController::V2(root)) => format!(
+            "{}{} (cgroup v2, guest memory + {} MiB)",
+            root.display(),
+            config.jail_cgroup_parent,
+            config.jail_memory_overhead_mib
+        ),
+        Some(MemoryController::V1(root)) => format!(
+            "{}{} (cgroup v1, guest memory + {} MiB)",
+            root.display(),
+            config.jail_cgroup_parent,
+            config.jail_memory_overhead_mib
+        ),
+        None => "no memory controller".to_string(),
+    };
+    let mut problem = None;
+    if config.jail {
+        if !nix::unistd::geteuid().is_root() {
+            problem = Some(crate::jail::JailError::NotRoot.to_string());
+        } else if controller.is_none() {
+            problem = Some(
+                crate::jail::JailError::NoMemoryController(crate::jail::CGROUP_ROOT.into())
+                    .to_string(),
+            );
+        }
+    }
+    JailReport {
+        enabled: config.jail,
+        uids,
+        namespaces: NAMESPACES.iter().map(|(n, _)| n.to_string()).collect(),
+        seccomp: format!(
+            "qemu: {} {}; vhost-device-vsock: allowlist of {} calls",
+            QEMU_SANDBOX[0],
+            QEMU_SANDBOX[1],
+            VHOST_VSOCK_ALLOWLIST.len() - config.jail_vsock_seccomp_deny.len()
+        ),
+        memory_cgroup,
+        problem,
+    }
+}
+
 /// The host part of the report (no VM started).
 pub fn host_report(config: &Config) -> CheckReport {
     let facts = HostFacts::probe(config);
@@ -89,6 +167,8 @@ pub fn host_report(config: &Config) -> CheckReport {
         initrd: config.initrd.clone(),
         initrd_found: facts.initrd_found,
         host_kernel: facts.host_kernel.clone(),
+        jail: jail_report(config),
+        jailed_processes: None,
         guest_kernel: None,
         agent_version: None,
         vcpus: None,
@@ -118,6 +198,9 @@ pub fn host_report(config: &Config) -> CheckReport {
                     "guest initrd {} not found",
                     config.initrd.display()
                 ));
+            }
+            if let Some(p) = &r.jail.problem {
+                missing.push(format!("jail: {p}"));
             }
             if missing.is_empty() {
                 r.ok = true;
@@ -150,6 +233,19 @@ pub async fn boot_report(config: &Config, r: &mut CheckReport) {
     };
     let answer = sandbox.check().await;
     let boot_ms = t0.elapsed().as_millis() as u64;
+    r.jailed_processes = Some(
+        sandbox
+            .pids()
+            .into_iter()
+            .filter_map(|pid| match status::read(pid) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "reading a VM process's jail state");
+                    None
+                }
+            })
+            .collect(),
+    );
     r.vm_memory_mib = Some(sandbox.memory_mib());
     let t = sandbox.boot_timings();
     r.launched_ms = Some(t.launched.as_millis() as u64);
@@ -176,6 +272,45 @@ pub async fn boot_report(config: &Config, r: &mut CheckReport) {
 }
 
 impl CheckReport {
+    /// The jail's lines of the text form.
+    fn jail_text(&self) -> String {
+        let j = &self.jail;
+        let mut s = String::new();
+        if !j.enabled {
+            s.push_str("jail:               OFF (jail = false): VM processes run as root\n");
+            return s;
+        }
+        s.push_str(&format!(
+            "jail:               uids {}, namespaces {}, no capabilities, no_new_privs\n",
+            j.uids,
+            j.namespaces.join("+")
+        ));
+        s.push_str(&format!("jail seccomp:       {}\n", j.seccomp));
+        s.push_str(&format!("jail memory:        {}\n", j.memory_cgroup));
+        if let Some(p) = &j.problem {
+            s.push_str(&format!("jail problem:       {p}\n"));
+        }
+        for p in self.jailed_processes.iter().flatten() {
+            s.push_str(&format!(
+                "jailed {:<12} pid {} uid {} gid {} CapEff {:x} seccomp {} no_new_privs {} own root {} own ns {}\n",
+                p.name,
+                p.pid,
+                p.uids[0],
+                p.gids[0],
+                p.cap_eff,
+                p.seccomp,
+                u8::from(p.no_new_privs),
+                if p.own_root { "yes" } else { "NO" },
+                if p.own_namespaces.is_empty() {
+                    "none".to_string()
+                } else {
+                    p.own_namespaces.join("+")
+                }
+            ));
+        }
+        s
+    }
+
     /// Human-readable form.
     pub fn to_text(&self) -> String {
         let yes = |b: bool| if b { "found" } else { "NOT FOUND" };
@@ -212,6 +347,7 @@ impl CheckReport {
             _ => s.push_str("backend:            none\n"),
         }
         s.push_str(&format!("reason:             {}\n", self.reason));
+        s.push_str(&self.jail_text());
         if let Some(k) = &self.guest_kernel {
             s.push_str(&format!(
                 "guest kernel:       {k} (agent {})\n",
@@ -238,5 +374,58 @@ impl CheckReport {
             "result:             this host cannot run a sandbox\n"
         });
         s
+    }
+}
+
+#[cfg(test)]
+mod jail_tests {
+    use super::*;
+
+    #[test]
+    fn check_shows_the_jail_or_that_it_is_off() {
+        let on = Config {
+            jail_uid_base: 500_000,
+            jail_uid_count: 10,
+            ..Config::default()
+        };
+        let j = jail_report(&on);
+        assert!(j.enabled);
+        assert_eq!(j.uids, "500000..500009");
+        assert_eq!(j.namespaces, ["mnt", "ipc", "uts", "net"]);
+        assert!(
+            j.seccomp.contains("-sandbox on,obsolete=deny"),
+            "{}",
+            j.seccomp
+        );
+        let mut r = host_report(&on);
+        r.jailed_processes = Some(vec![JailState {
+            pid: 42,
+            name: "qemu-system-x86".into(),
+            uids: [500_003; 4],
+            gids: [500_003; 4],
+            cap_eff: 0,
+            cap_prm: 0,
+            cap_inh: 0,
+            cap_bnd: 0,
+            cap_amb: 0,
+            no_new_privs: true,
+            seccomp: 2,
+            own_root: true,
+            own_namespaces: vec!["mnt".into(), "net".into()],
+        }]);
+        let text = r.to_text();
+        assert!(text.contains("uids 500000..500009"), "{text}");
+        assert!(
+            text.contains("pid 42 uid 500003 gid 500003 CapEff 0 seccomp 2 no_new_privs 1 own root yes own ns mnt+net"),
+            "{text}"
+        );
+        let off = Config {
+            jail: false,
+            jail_uid_count: 0,
+            ..Config::default()
+        };
+        assert_eq!(jail_report(&off).uids, "65534 (shared)");
+        let text = host_report(&off).to_text();
+        assert!(text.contains("jail:               OFF"), "{text}");
     }
 }

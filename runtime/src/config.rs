@@ -114,6 +114,31 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// Cache of rootfs images built from bundles.
     pub cache_dir: PathBuf,
+    /// Most bytes of a guest's serial console kept, on disk and when copied
+    /// to `log_dir` or quoted in an error: the newest ones.
+    pub serial_log_max_bytes: u64,
+    /// Run every VM host process jailed (unprivileged uid, no capabilities,
+    /// own mount namespace, rlimits, seccomp, memory cgroup). Needs root.
+    pub jail: bool,
+    /// First uid (and gid) of the jail's pool: one per running sandbox. The
+    /// range must belong to no user and no subordinate-uid range.
+    pub jail_uid_base: u32,
+    /// Size of the uid pool; 0 runs every sandbox as `nobody` (65534).
+    pub jail_uid_count: u32,
+    /// RLIMIT_NOFILE of a jailed process.
+    pub jail_nofile: u64,
+    /// RLIMIT_FSIZE of a jailed process, MiB: the largest file it may write
+    /// (its process log); raised to the size of its largest writable drive.
+    pub jail_fsize_mib: u64,
+    /// Parent of the per-sandbox memory cgroups, inside the memory hierarchy.
+    /// The runtime owns it: the first sandbox creates it, the last removes it
+    /// (so name no cgroup configured by other means).
+    pub jail_cgroup_parent: String,
+    /// Memory a sandbox's processes may use beyond the guest's, MiB.
+    pub jail_memory_overhead_mib: u32,
+    /// For tests only: system calls removed from vhost-device-vsock's
+    /// seccomp allowlist (proves that a call outside it kills the process).
+    pub jail_vsock_seccomp_deny: Vec<String>,
 }
 
 impl Default for Config {
@@ -135,9 +160,31 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/ampoule/vm"),
             log_dir: PathBuf::from("/var/log/ampoule"),
             cache_dir: PathBuf::from("/var/cache/ampoule/rootfs"),
+            serial_log_max_bytes: DEFAULT_SERIAL_LOG_MAX_BYTES,
+            jail: true,
+            jail_uid_base: DEFAULT_JAIL_UID_BASE,
+            jail_uid_count: 4096,
+            jail_nofile: 4096,
+            jail_fsize_mib: 1024,
+            jail_cgroup_parent: "/ampoule".to_string(),
+            jail_memory_overhead_mib: DEFAULT_JAIL_MEMORY_OVERHEAD_MIB,
+            jail_vsock_seccomp_deny: Vec::new(),
         }
     }
 }
+
+/// First uid of the jail's pool: above Debian's dynamic and system ranges
+/// and the usual `/etc/subuid` allocations (100000 + 65536 per user).
+pub const DEFAULT_JAIL_UID_BASE: u32 = 900_000_000;
+/// Memory of a sandbox's host processes beyond guest memory, MiB (QEMU TCG's
+/// translation cache and heap, vhost-device-vsock), from the peak usage
+/// measured in the memory cgroup, with headroom.
+pub const DEFAULT_JAIL_MEMORY_OVERHEAD_MIB: u32 = 256;
+
+/// Default of `serial_log_max_bytes`: 1 MiB.
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 1024 * 1024;
+/// Smallest `serial_log_max_bytes` accepted (a boot failure's tail must fit).
+pub const MIN_SERIAL_LOG_MAX_BYTES: u64 = 4096;
 
 /// Upper bound on vCPUs we accept from configuration or annotations.
 pub const MAX_VCPUS: u32 = 64;
@@ -203,6 +250,13 @@ impl Config {
                 )))
             }
         }
+        self.validate_jail()?;
+        if self.serial_log_max_bytes < MIN_SERIAL_LOG_MAX_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "serial_log_max_bytes must be at least {MIN_SERIAL_LOG_MAX_BYTES}, got {}",
+                self.serial_log_max_bytes
+            )));
+        }
         for (name, p) in [
             ("run_dir", &self.run_dir),
             ("log_dir", &self.log_dir),
@@ -214,6 +268,37 @@ impl Config {
                     p.display()
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_jail(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.jail_uid_count > 0 {
+            let end = u64::from(self.jail_uid_base) + u64::from(self.jail_uid_count);
+            if self.jail_uid_base == 0 || end > u64::from(u32::MAX) {
+                return invalid(format!(
+                    "jail_uid_base {} with jail_uid_count {} must be a range of non-zero uids",
+                    self.jail_uid_base, self.jail_uid_count
+                ));
+            }
+        }
+        if self.jail_nofile < 64 {
+            return invalid(format!(
+                "jail_nofile must be at least 64, got {}",
+                self.jail_nofile
+            ));
+        }
+        if self.jail_fsize_mib == 0 {
+            return invalid("jail_fsize_mib must be greater than 0".into());
+        }
+        let p = &self.jail_cgroup_parent;
+        if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+            return invalid(format!(
+                "jail_cgroup_parent must be an absolute cgroup path without '..', got {p:?}"
+            ));
         }
         Ok(())
     }
@@ -282,6 +367,14 @@ mod tests {
             run_dir = "/tmp/r"
             log_dir = "/tmp/l"
             cache_dir = "/tmp/c"
+            jail = false
+            jail_uid_base = 500000
+            jail_uid_count = 16
+            jail_nofile = 1024
+            jail_fsize_mib = 64
+            jail_cgroup_parent = "/test/amp"
+            jail_memory_overhead_mib = 96
+            jail_vsock_seccomp_deny = ["connect"]
             "#,
         )
         .expect("full config parses");
@@ -291,6 +384,42 @@ mod tests {
         assert_eq!(c.memory_mib, 512);
         assert!(c.pvm_kernel);
         assert_eq!(c.run_dir, PathBuf::from("/tmp/r"));
+        assert!(!c.jail);
+        assert_eq!((c.jail_uid_base, c.jail_uid_count), (500_000, 16));
+        assert_eq!((c.jail_nofile, c.jail_fsize_mib), (1024, 64));
+        assert_eq!(c.jail_cgroup_parent, "/test/amp");
+        assert_eq!(c.jail_memory_overhead_mib, 96);
+        assert_eq!(c.jail_vsock_seccomp_deny, ["connect"]);
+    }
+
+    #[test]
+    fn serial_log_limit_defaults_to_one_mib_and_a_tiny_one_is_refused() {
+        assert_eq!(Config::default().serial_log_max_bytes, 1 << 20);
+        assert_eq!(
+            parse("serial_log_max_bytes = 65536")
+                .expect("parses")
+                .serial_log_max_bytes,
+            65536
+        );
+        let err = parse("serial_log_max_bytes = 10").unwrap_err().to_string();
+        assert!(err.contains("serial_log_max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn jail_is_on_by_default_and_bad_jail_values_are_rejected() {
+        assert!(Config::default().jail);
+        for (text, what) in [
+            ("jail_uid_base = 0", "jail_uid_base"),
+            ("jail_uid_base = 4294967000", "jail_uid_base"),
+            ("jail_nofile = 3", "jail_nofile"),
+            ("jail_fsize_mib = 0", "jail_fsize_mib"),
+            ("jail_cgroup_parent = \"ampoule\"", "jail_cgroup_parent"),
+            ("jail_cgroup_parent = \"/a/../b\"", "jail_cgroup_parent"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(what), "{text}: {err}");
+        }
+        assert!(parse("jail_uid_base = 0\njail_uid_count = 0").is_ok());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`agent_client`]: the ttrpc client of the guest agent.
 //! - [`sandbox`]: [`Sandbox::start`] / [`Sandbox::stop`].
 //! - [`check`]: the report behind `ampoule check`.
+//! - [`jail`]: the confinement of the VM's host processes.
+//! - [`text`]: error chains and guest strings as a person reads them.
 
 pub mod agent_client;
 pub mod check;
@@ -16,9 +18,11 @@ pub mod container;
 pub mod host;
 pub mod host_cgroup;
 pub mod hypervisor;
+pub mod jail;
 pub mod process;
 pub mod sandbox;
 pub mod state;
+pub mod text;
 pub mod vsock;
 
 pub use ampoule_agent_api as api;

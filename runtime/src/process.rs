@@ -82,6 +82,9 @@ pub struct ProcessGroup {
     first_exit: watch::Receiver<Option<ExitEvent>>,
     first_exit_tx: Arc<watch::Sender<Option<ExitEvent>>>,
     members: Vec<Member>,
+    /// Held until the group is dropped (after its members were told to
+    /// die): e.g. the sandbox's jail, whose cgroup outlives the processes.
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Default for ProcessGroup {
@@ -100,7 +103,13 @@ impl ProcessGroup {
             first_exit,
             first_exit_tx: Arc::new(first_exit_tx),
             members: Vec::new(),
+            held: Vec::new(),
         }
+    }
+
+    /// Keeps `value` alive as long as the group (dropped after the kill).
+    pub fn hold(&mut self, value: impl std::any::Any + Send + Sync) {
+        self.held.push(Box::new(value));
     }
 
     /// Spawns `cmd` as a member named `name`, with stdin from /dev/null and

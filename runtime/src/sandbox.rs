@@ -189,20 +189,23 @@ fn check_guest_file(what: &'static str, path: &Path) -> Result<(), SandboxError>
 }
 
 /// Copies the serial log `serial` out of the sandbox directory before it is
-/// removed, to `<log_dir>/<id>-serial.log` (or the temporary directory when
-/// `log_dir` cannot be written). Returns where it went (`serial` itself when
-/// nothing could be written).
-pub fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str) -> PathBuf {
-    let name = format!("{id}-serial.log");
-    for dir in [log_dir.to_path_buf(), std::env::temp_dir()] {
-        if std::fs::create_dir_all(&dir).is_ok() {
-            let dest = dir.join(&name);
-            if std::fs::copy(serial, &dest).is_ok() || std::fs::write(&dest, b"").is_ok() {
-                return dest;
-            }
+/// removed: its newest `max` bytes, to
+/// `<log_dir>/<id>-serial.log`, through a new file renamed into place (a
+/// symlink planted there is replaced, never followed). Returns where it
+/// went: `serial` itself when `log_dir` cannot be written (there is no
+/// fallback to a shared directory such as /tmp, whose names others can
+/// predict).
+pub fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str, max: u64) -> PathBuf {
+    let dest = hypervisor::serial_log::kept_path(log_dir, id);
+    let copied = std::fs::create_dir_all(log_dir)
+        .and_then(|()| hypervisor::serial_log::copy_tail(serial, &dest, max));
+    match copied {
+        Ok(()) => dest,
+        Err(e) => {
+            tracing::warn!(log = %dest.display(), error = %e, "cannot keep the serial log");
+            serial.to_path_buf()
         }
     }
-    serial.to_path_buf()
 }
 
 fn remove_dir(dir: &Path) {
@@ -258,7 +261,12 @@ impl Sandbox {
             backend: choice.backend.as_str(),
             reason: "binary not found".into(),
         })?;
-        let hv = hypervisor::for_backend(choice.backend, binary, facts.vhost_device_vsock.clone());
+        let hv = hypervisor::for_backend(
+            choice.backend,
+            binary,
+            facts.vhost_device_vsock.clone(),
+            config.serial_log_max_bytes,
+        );
 
         std::fs::create_dir_all(&config.run_dir).map_err(|source| SandboxError::Dir {
             path: config.run_dir.clone(),
@@ -289,6 +297,7 @@ impl Sandbox {
             serial_log: dir.join("serial.log"),
             dir: dir.clone(),
             accel: choice.accel,
+            jail: crate::jail::JailSettings::from_config(config),
         };
         let timeout = spec
             .boot_timeout
@@ -328,7 +337,12 @@ impl Sandbox {
                         format!("no readiness from the agent within {} ms", t.as_millis())
                     }
                 };
-                let kept = keep_serial_log(&vm.serial_log, &config.log_dir, &id);
+                let kept = keep_serial_log(
+                    &vm.serial_log,
+                    &config.log_dir,
+                    &id,
+                    config.serial_log_max_bytes,
+                );
                 let mut details = log_block("serial log tail", &kept, SERIAL_TAIL);
                 for name in ["qemu", "vhost-device-vsock", "ampoule-vmm"] {
                     details.push_str(&log_block(name, &vm.process_log(name), 1500));
@@ -650,8 +664,31 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let serial = dir.path().join("serial.log");
         std::fs::write(&serial, b"Kernel panic").expect("write");
-        let kept = keep_serial_log(&serial, &dir.path().join("logs"), "abc");
+        let kept = keep_serial_log(&serial, &dir.path().join("logs"), "abc", 4096);
         assert_eq!(kept, dir.path().join("logs/abc-serial.log"));
         assert_eq!(std::fs::read(&kept).expect("read"), b"Kernel panic");
+    }
+
+    #[test]
+    fn only_the_serial_logs_tail_is_kept_and_never_in_a_shared_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serial = dir.path().join("serial.log");
+        let mut data = vec![b'.'; 50_000];
+        data.extend_from_slice(b"Kernel panic");
+        std::fs::write(&serial, &data).expect("write");
+        let kept = keep_serial_log(&serial, &dir.path().join("logs"), "t", 4096);
+        assert_eq!(
+            std::fs::read(&kept).expect("read"),
+            &data[data.len() - 4096..]
+        );
+        // A log_dir that cannot be created: no copy anywhere else.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").expect("file");
+        let unique = format!("t{}", std::process::id());
+        let kept = keep_serial_log(&serial, &file.join("logs"), &unique, 4096);
+        assert_eq!(kept, serial);
+        assert!(!std::env::temp_dir()
+            .join(format!("{unique}-serial.log"))
+            .exists());
     }
 }

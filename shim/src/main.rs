@@ -12,11 +12,15 @@ mod cleanup;
 mod events;
 mod io;
 mod logging;
+mod oom;
+mod pids;
 mod process;
+mod rate_limit;
 mod server;
 mod service;
 mod start;
 mod stats;
+mod status;
 mod vm;
 
 use anyhow::Context as _;
@@ -28,7 +32,9 @@ fn main() {
     let code = match run() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{RUNTIME_ID}: {e:#}");
+            // One line, each cause once: containerd shows it as is.
+            let line = ampoule_runtime::text::error_chain(e.as_ref());
+            eprintln!("{RUNTIME_ID}: {}", status::one_line(&line));
             1
         }
     };

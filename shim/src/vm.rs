@@ -70,6 +70,7 @@ pub struct Pod {
     slots: Mutex<Vec<Slot>>,
     slot_dir: PathBuf,
     log_dir: PathBuf,
+    serial_log_max: u64,
 }
 
 fn block_device(serial: &str) -> api::BlockDevice {
@@ -158,6 +159,7 @@ impl Pod {
                 slots: Mutex::new(slots),
                 slot_dir,
                 log_dir: config.log_dir.clone(),
+                serial_log_max: config.serial_log_max_bytes,
             },
             devices,
         ))
@@ -183,6 +185,11 @@ impl Pod {
         Ok(devices)
     }
 
+    /// Host pid of the VM process (QEMU or ampoule-vmm): the pid containerd
+    /// is told for every task of the pod.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.sandbox.vm_pid()
+    }
     /// Host pids of the VM's processes.
     pub fn pids(&self) -> Vec<u32> {
         self.sandbox.pids()
@@ -198,6 +205,7 @@ impl Pod {
             self.sandbox.serial_log(),
             &self.log_dir,
             self.sandbox.id(),
+            self.serial_log_max,
         )
     }
 

@@ -426,3 +426,173 @@ fn runtime_config_path_selects_the_ampoule_config() {
     let _ = ctd.ctr(["containers", "rm", "cfgpath"]);
     assert_nothing_left(&ctd, &["cfgpath"]);
 }
+
+/// The PID column of `ctr tasks ls` for `id`.
+fn task_pid(ctd: &Containerd, id: &str) -> Option<u32> {
+    let ls = ctd.ctr_ok(["tasks", "ls"]).ok()?;
+    ls.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&id))
+        .and_then(|f| f.get(1).and_then(|p| p.parse().ok()))
+}
+
+/// Parent pid of a host process.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `(topic, container id, pid)` of every task event `ctr events` printed
+/// (`<time> <namespace> <topic> <event as JSON>` per line).
+fn task_events(out: &str) -> Vec<(String, String, Option<u64>)> {
+    out.lines()
+        .filter_map(|l| {
+            let json = &l[l.find('{')?..];
+            let topic = l[..l.find('{')?].split_whitespace().last()?.to_string();
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            let id = v.get("container_id")?.as_str()?.to_string();
+            Some((topic, id, v.get("pid").and_then(|p| p.as_u64())))
+        })
+        .collect()
+}
+
+/// containerd is told the host pid of the pod's VM process (QEMU or
+/// ampoule-vmm), never a guest pid, for the task and its execs: in
+/// `ctr tasks ls` and in the task events. `ctr tasks ps` still lists the
+/// guest's processes. A failed exec reads as one line naming the task.
+#[test]
+fn ctr_task_pids_are_the_host_vm_process_and_errors_read_as_one_line() {
+    let Some((_lock, ctd)) = vm_containerd(
+        "ctr_task_pids_are_the_host_vm_process_and_errors_read_as_one_line",
+        "vm-pid",
+    ) else {
+        return;
+    };
+    let id = "pidtask";
+    let events_log = ctd.dir().join("events.log");
+    let mut events = ctd
+        .ctr_cmd()
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_log).expect("events log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    ctd.ctr_ok([
+        "run",
+        "-d",
+        "--runtime",
+        AMPOULE,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ])
+    .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&ctd)));
+
+    let pid = task_pid(&ctd, id).unwrap_or_else(|| panic!("no pid for {id} in ctr tasks ls"));
+    assert_ne!(pid, 0);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_else(|e| panic!("task pid {pid} is no host process: {e}"));
+    assert!(
+        comm.starts_with("qemu-system") || comm.starts_with("ampoule-vmm"),
+        "task pid {pid} is {comm:?}, not the VM process"
+    );
+    // ... and the VM of this task: a child of this containerd's shim.
+    let shims: Vec<u32> = ctd.shim_processes().iter().map(|(p, _)| *p).collect();
+    let mut ancestor = parent_of(pid);
+    while let Some(a) = ancestor.filter(|a| *a > 1 && !shims.contains(a)) {
+        ancestor = parent_of(a);
+    }
+    assert!(
+        ancestor.is_some_and(|a| shims.contains(&a)),
+        "VM process {pid} does not descend from the shim {shims:?}"
+    );
+
+    let out = ctd.ctr(["tasks", "exec", "--exec-id", "e1", id, "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ps = ctd
+        .ctr_ok(["tasks", "ps", id])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let guest_pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!guest_pids.is_empty(), "ctr tasks ps: {ps}");
+    assert!(
+        !guest_pids.contains(&pid),
+        "ctr tasks ps lists the VM's host pid: {ps}"
+    );
+
+    // An exec the guest cannot start: containerd's error is one line with
+    // the task and the agent's reason, no Rust Debug structures.
+    let out = ctd.ctr([
+        "tasks",
+        "exec",
+        "--exec-id",
+        "bad",
+        id,
+        "/nonexistent/program",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr).trim().to_string();
+    println!("containerd shows: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("exec bad of container pidtask") && err.contains("/nonexistent/program"),
+        "{err}"
+    );
+    for debris in ["Status {", "special_fields", "rpc status", "code:"] {
+        assert!(!err.contains(debris), "{debris:?} in {err}");
+    }
+
+    ctd.ctr_ok(["tasks", "kill", "-s", "SIGKILL", id])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exit_seen = wait_for(Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(&events_log).unwrap_or_default();
+        task_events(&log)
+            .iter()
+            .any(|(t, c, _)| t == "/tasks/exit" && c == id)
+            .then_some(())
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(exit_seen.is_some(), "no /tasks/exit event for {id}");
+    let log = std::fs::read_to_string(&events_log).unwrap_or_default();
+    let ours: Vec<_> = task_events(&log)
+        .into_iter()
+        .filter(|(t, c, _)| c == id && t != "/tasks/delete" && t != "/tasks/exec-added")
+        .collect();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-started",
+        "/tasks/exit",
+    ] {
+        assert!(
+            ours.iter().any(|(t, _, _)| t == topic),
+            "no {topic} event: {ours:?}"
+        );
+    }
+    for (topic, _, event_pid) in &ours {
+        if topic.starts_with("/tasks/") && topic != "/tasks/oom" {
+            assert_eq!(
+                *event_pid,
+                Some(u64::from(pid)),
+                "{topic} carries another pid: {ours:?}"
+            );
+        }
+    }
+    let _ = wait_for(Duration::from_secs(20), || {
+        (task_status(&ctd, id).as_deref() == Some("STOPPED")).then_some(())
+    });
+    ctd.ctr_ok(["tasks", "rm", id])
+        .unwrap_or_else(|e| panic!("{e}"));
+    ctd.ctr_ok(["containers", "rm", id])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_nothing_left(&ctd, &[id]);
+}

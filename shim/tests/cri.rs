@@ -10,7 +10,8 @@ use common::cri::{container_config, cri_client, sandbox_config, K8S_NS};
 use common::{Containerd, VmLock};
 use k8s_cri::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 
 fn text(b: &[u8]) -> String {
@@ -125,6 +126,61 @@ async fn cri_pod_with_two_containers_shares_one_vm() {
         .filter(|(_, c)| c.contains("qemu-system") || c.contains("ampoule-vmm"))
         .collect();
     assert_eq!(vms.len(), 1, "VM processes for the pod: {vms:?}");
+
+    // CRI knows the pod's tasks by the VM's host pid, not by guest pids.
+    let vm_pid = u64::from(vms[0].0);
+    let pid_in = |info: &std::collections::HashMap<String, String>| {
+        info.get("info")
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v.get("pid").and_then(|p| p.as_u64()))
+    };
+    let sandbox_info = cri
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
+        .into_inner()
+        .info;
+    assert_eq!(pid_in(&sandbox_info), Some(vm_pid), "{sandbox_info:?}");
+    for id in &ids {
+        let info = cri
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStatus: {e}"))
+            .into_inner()
+            .info;
+        assert_eq!(pid_in(&info), Some(vm_pid), "{info:?}");
+    }
+    // CRI gave the containers the pod's IPC and UTS namespaces as
+    // /proc/<that pid>/ns/* paths: in the guest, both joined the same ones.
+    let mut namespaces = Vec::new();
+    for id in &ids {
+        let r = cri
+            .exec_sync(ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts".into(),
+                ],
+                timeout: 30,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}"))
+            .into_inner();
+        assert_eq!(r.exit_code, 0, "stderr: {}", text(&r.stderr));
+        namespaces.push(text(&r.stdout));
+    }
+    assert!(namespaces[0].contains("ipc:["), "{namespaces:?}");
+    assert_eq!(
+        namespaces[0], namespaces[1],
+        "the pod's containers are in different IPC/UTS namespaces"
+    );
     let shims: Vec<_> = ctd
         .shim_processes()
         .into_iter()

@@ -235,9 +235,7 @@ async fn prepare(
         Ok(c) => c,
         Err(e) => {
             sandbox.stop().await;
-            return Err(
-                anyhow::Error::new(e).context(format!("cannot create container {id} in the guest"))
-            );
+            return Err(anyhow::Error::new(e).context(format!("create container {id:?}")));
         }
     };
     tracing::debug!(
@@ -367,27 +365,36 @@ async fn supervise(ctx: &Ctx, id: &str, p: Prepared, forward_signals: bool) -> i
         }
     };
     tracing::debug!("container process ended");
-    let code = match status {
+    let (code, relay_bound) = match &status {
         Ok(w) => {
-            relay.finish(Duration::from_secs(10)).await;
             if w.oom_killed {
                 tracing::warn!(
                     container = id,
                     "the container's process was killed by the OOM killer"
                 );
             }
-            w.exit_status
+            (w.exit_status, Duration::from_secs(10))
         }
         Err(e) => {
-            relay.finish(Duration::from_millis(200)).await;
             tracing::error!(container = id, error = %e, "the container's VM is gone");
-            137
+            (137, Duration::from_millis(200))
         }
     };
+    // Stopped as soon as the process has exited: the output relay may take
+    // up to its bound (a process left in the guest without a pid namespace
+    // can hold the container's stdout open), and `state`, `delete` and a
+    // `kill` loop must not see "running" meanwhile. `delete` waits for this
+    // monitor to finish the relay and exit, and cuts it short (SIGTERM).
     let _ = ctx.store().update(id, |s| {
         s.status = Status::Stopped;
         s.exit_status = Some(code);
     });
+    tokio::select! {
+        _ = relay.finish(relay_bound) => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+            tracing::debug!(container = id, "terminated while relaying the last output");
+        }
+    }
     // The container's init has exited: the guest (read-only image, overlay
     // upper in tmpfs) holds nothing to sync, so the VM is killed at once.
     sandbox.kill().await;
@@ -407,7 +414,7 @@ pub async fn monitor(ctx: &Ctx, a: MonitorArgs) -> anyhow::Result<i32> {
             let code = exit_code(&e);
             stdio::notify(
                 &mut notify,
-                &format!("ERR {code} {}", format!("{e:#}").replace('\n', "\n  ")),
+                &format!("ERR {code} {}", super::describe(&e).replace('\n', "\n  ")),
             );
             return Err(e);
         }
@@ -464,7 +471,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     if let Err(e) = started {
         p.sandbox.stop().await;
         let _ = store.remove(&c.id);
-        return Err(e.context(format!("cannot start container {}", c.id)));
+        return Err(e.context(format!("start container {:?}", c.id)));
     }
     let _ = store.update(&c.id, |s| {
         if s.status == Status::Created {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ampoule_runtime::agent_client::{self, connect_agent};
+use ampoule_runtime::agent_client::{self, connect_agent, AgentError};
 use ampoule_runtime::api;
 use ampoule_runtime::container::{self, Bundle};
 use ampoule_runtime::state::{effective_status, Status};
@@ -169,7 +169,11 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         container::open_streams(&s.vsock_uds, &a.id, &exec_id, &cfg),
     );
     if let Err(e) = started {
-        let msg = format!("cannot exec in container {}: {e}", a.id);
+        let msg = format!(
+            "exec in container {:?}: {}",
+            a.id,
+            AgentError::call("ExecProcess")(e)
+        );
         stdio::notify(&mut notify, &format!("ERR 1 {msg}"));
         anyhow::bail!(msg);
     }
@@ -212,8 +216,9 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Err(e) => {
             relay.finish(Duration::from_millis(200)).await;
             Err(anyhow::anyhow!(
-                "lost the exec'd process in container {}: {e}",
-                a.id
+                "lost the exec'd process in container {:?}: {}",
+                a.id,
+                AgentError::call("WaitProcess")(e)
             ))
         }
     }

@@ -32,11 +32,21 @@ pub const EXIT_EXISTS: i32 = 6;
 pub const EXIT_STATE: i32 = 7;
 /// The VM could not be started or died.
 pub const EXIT_VM: i32 = 8;
+/// A bundle path that could lead outside the bundle: a symlinked rootfs or
+/// config.json, `..` or a symlink in the rootfs path or a bind mount source.
+pub const EXIT_UNSAFE_PATH: i32 = 9;
+/// config.json over the size limit.
+pub const EXIT_TOO_LARGE: i32 = 10;
 
 /// An operation refused because of the container's state.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct WrongState(pub String);
+
+/// The one line a person reads for an error: each cause once, in order.
+pub fn describe(e: &anyhow::Error) -> String {
+    ampoule_runtime::text::error_chain(e.as_ref())
+}
 
 /// The exit status for an error, from its kind.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
@@ -55,8 +65,12 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         if cause.downcast_ref::<WrongState>().is_some() {
             return EXIT_STATE;
         }
-        if cause.downcast_ref::<ContainerError>().is_some() {
-            return EXIT_BUNDLE;
+        if let Some(c) = cause.downcast_ref::<ContainerError>() {
+            return match c {
+                ContainerError::UnsafePath { .. } => EXIT_UNSAFE_PATH,
+                ContainerError::ConfigTooLarge { .. } => EXIT_TOO_LARGE,
+                _ => EXIT_BUNDLE,
+            };
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return EXIT_CONFIG;
@@ -152,7 +166,7 @@ pub fn main() -> i32 {
         _ => "warn".to_string(),
     };
     if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, &level) {
-        eprintln!("ampoule: {e:#}");
+        eprintln!("ampoule: {}", describe(&e));
         return EXIT_CONFIG;
     }
     // Commands that need no configuration.
@@ -218,7 +232,7 @@ fn report(r: anyhow::Result<i32>) -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            logging::error(&format!("{e:#}"));
+            logging::error(&describe(&e));
             exit_code(&e)
         }
     }
@@ -277,6 +291,19 @@ mod tests {
         assert_eq!(exit_code(&e), EXIT_EXISTS);
         let e: anyhow::Error = ContainerError::NoConfig("/b".into()).into();
         assert_eq!(exit_code(&e), EXIT_BUNDLE);
+        let e: anyhow::Error = ContainerError::UnsafePath {
+            what: "rootfs",
+            path: "/b/rootfs".into(),
+            reason: "is a symlink",
+        }
+        .into();
+        assert_eq!(exit_code(&e), EXIT_UNSAFE_PATH);
+        let e: anyhow::Error = ContainerError::ConfigTooLarge {
+            path: "/b/config.json".into(),
+            size: 1 << 30,
+        }
+        .into();
+        assert_eq!(exit_code(&e), EXIT_TOO_LARGE);
         let e: anyhow::Error = WrongState("stopped".into()).into();
         assert_eq!(exit_code(&e), EXIT_STATE);
         let e: anyhow::Error = ConfigError::Invalid("x".into()).into();

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ampoule_runtime::agent_client::{self, connect_agent, AgentClient};
+use ampoule_runtime::agent_client::{self, connect_agent, AgentClient, AgentError};
 use ampoule_runtime::api;
 use ampoule_runtime::container::parse_signal;
 use ampoule_runtime::state::{effective_status, process_start_time, ContainerState, Status};
+use ampoule_runtime::text::escape_control;
 use anyhow::Context;
 
 use super::create::wrong_state;
@@ -90,7 +91,8 @@ pub async fn start(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
     agent
         .start_container(agent_client::ctx(Duration::from_secs(30)), &req)
         .await
-        .with_context(|| format!("cannot start container {id}"))?;
+        .map_err(AgentError::call("StartContainer"))
+        .with_context(|| format!("start container {id:?}"))?;
     store.update(id, |s| {
         if s.status == Status::Created {
             s.status = Status::Running;
@@ -123,7 +125,8 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> anyhow::Result<i32> {
     agent
         .signal_process(agent_client::ctx(Duration::from_secs(10)), &req)
         .await
-        .with_context(|| format!("cannot signal container {}", a.id))?;
+        .map_err(AgentError::call("SignalProcess"))
+        .with_context(|| format!("signal container {:?}", a.id))?;
     Ok(0)
 }
 
@@ -191,11 +194,17 @@ pub async fn pause_resume(ctx: &Ctx, id: &str, pause: bool) -> anyhow::Result<i3
     };
     let c = agent_client::ctx(Duration::from_secs(30));
     if pause {
-        agent.pause_container(c, &req).await
+        agent
+            .pause_container(c, &req)
+            .await
+            .map_err(AgentError::call("PauseContainer"))
     } else {
-        agent.resume_container(c, &req).await
+        agent
+            .resume_container(c, &req)
+            .await
+            .map_err(AgentError::call("ResumeContainer"))
     }
-    .with_context(|| format!("cannot {what} container {id}"))?;
+    .with_context(|| format!("{what} container {id:?}"))?;
     store.update(id, |s| {
         if s.status == need {
             s.status = to;
@@ -218,7 +227,8 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
     let r = agent
         .list_processes(agent_client::ctx(Duration::from_secs(10)), &req)
         .await
-        .with_context(|| format!("cannot list processes of container {}", a.id))?;
+        .map_err(AgentError::call("ListProcesses"))
+        .with_context(|| format!("list processes of container {:?}", a.id))?;
     match a.format.as_str() {
         "json" => {
             let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
@@ -227,12 +237,7 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
         "table" => {
             println!("{:<8} {:<12} CMD", "PID", "EXEC");
             for p in &r.processes {
-                let exec = if p.exec_id.is_empty() {
-                    "-"
-                } else {
-                    p.exec_id.as_str()
-                };
-                println!("{:<8} {:<12} {}", p.pid, exec, p.args.join(" "));
+                println!("{}", ps_row(p.pid, &p.exec_id, &p.args));
             }
         }
         other => anyhow::bail!(WrongState(format!(
@@ -240,6 +245,19 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
         ))),
     }
     Ok(0)
+}
+
+/// One `ps` table row. The guest reports the exec id and the argv, which
+/// the container controls: their control characters are escaped so that
+/// printing them cannot drive the terminal.
+fn ps_row(pid: u32, exec_id: &str, args: &[String]) -> String {
+    let exec = if exec_id.is_empty() {
+        "-".into()
+    } else {
+        escape_control(exec_id)
+    };
+    let cmd: Vec<_> = args.iter().map(|a| escape_control(a)).collect();
+    format!("{:<8} {:<12} {}", pid, exec, cmd.join(" "))
 }
 
 pub fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
@@ -303,24 +321,92 @@ pub fn spec(a: &SpecArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn features() -> anyhow::Result<i32> {
-    let v = serde_json::json!({
+/// `features`, in the shape of the runtime spec's features.md, from the
+/// agent's own tables (what it creates, accepts and enforces).
+pub fn features_json() -> serde_json::Value {
+    use ampoule_runtime::api::features as f;
+    use ampoule_runtime::container::{ANNOTATION_MEMORY, ANNOTATION_VCPUS};
+    serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": [],
-        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "relatime", "strictatime", "mode", "size", "newinstance", "ptmxmode", "gid"],
+        "hooks": &f::HOOKS[..],
+        "mountOptions": &f::MOUNT_OPTIONS[..],
         "linux": {
-            "namespaces": ["mount", "pid", "ipc", "uts"],
-            "capabilities": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_ADMIN"],
-            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
+            "namespaces": &f::NAMESPACES[..],
+            "capabilities": &f::CAPABILITIES[..],
+            // The agent makes one cgroup v2 per container in the guest.
+            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": &f::SECCOMP_ACTIONS[..],
+                "operators": &f::SECCOMP_OPERATORS[..],
+                "archs": &f::SECCOMP_ARCHS[..],
+                "knownFlags": &f::SECCOMP_FLAGS[..],
+                "supportedFlags": &f::SECCOMP_FLAGS[..],
+            },
             "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": false },
         },
         "annotations": {
-            "io.ampoule.vcpus": "vCPUs of the container's microVM",
-            "io.ampoule.memory_mib": "memory of the container's microVM, MiB"
+            "io.ampoule.version": ampoule_runtime::api::VERSION,
+            ANNOTATION_VCPUS: "vCPUs of the container's microVM",
+            ANNOTATION_MEMORY: "memory of the container's microVM, MiB",
         }
-    });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    })
+}
+
+pub fn features() -> anyhow::Result<i32> {
+    println!("{}", serde_json::to_string_pretty(&features_json())?);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_rows_escape_what_the_container_put_in_its_argv() {
+        let row = ps_row(
+            7,
+            "",
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo \x1b]0;owned\x07\x1b[2J\n".into(),
+            ],
+        );
+        assert!(!row.chars().any(|c| c.is_control()), "{row:?}");
+        assert!(
+            row.ends_with("sh -c echo \\x1b]0;owned\\x07\\x1b[2J\\n"),
+            "{row}"
+        );
+        assert!(ps_row(1, "exec-\x1b", &[]).contains("exec-\\x1b"));
+    }
+
+    #[test]
+    fn features_come_from_the_agents_tables() {
+        let v = features_json();
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .expect("array")
+                .iter()
+                .map(|s| s.as_str().expect("string").to_string())
+                .collect()
+        };
+        assert_eq!(
+            strings(&v["linux"]["capabilities"]),
+            ampoule_runtime::api::features::CAPABILITIES
+        );
+        let ns = strings(&v["linux"]["namespaces"]);
+        for want in ["mount", "pid", "network", "ipc", "uts", "cgroup"] {
+            assert!(ns.iter().any(|n| n == want), "{want} in {ns:?}");
+        }
+        assert_eq!(v["linux"]["seccomp"]["enabled"], true);
+        assert!(strings(&v["linux"]["seccomp"]["actions"]).contains(&"SCMP_ACT_ERRNO".into()));
+        assert!(strings(&v["hooks"]).is_empty(), "no hook is implemented");
+        let parsed: oci_spec::runtime::Features =
+            serde_json::from_value(v).expect("parses as runtime-spec features");
+        assert_eq!(parsed.oci_version_min(), "1.0.0");
+    }
 }

@@ -47,6 +47,115 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error("{what} {path} {reason}: refused, it could reach outside the bundle")]
+    UnsafePath {
+        what: &'static str,
+        path: PathBuf,
+        reason: &'static str,
+    },
+    #[error("{path} is {size} bytes, over the limit of {MAX_CONFIG_BYTES} bytes")]
+    ConfigTooLarge { path: PathBuf, size: u64 },
+}
+
+/// Largest config.json accepted: it crosses to the agent in one ttrpc
+/// message, whose limit is 4 MiB.
+pub const MAX_CONFIG_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Reads `path` (config.json) without following a symlink, blocking on a
+/// FIFO, or reading more than [`MAX_CONFIG_BYTES`].
+fn read_config(dir: &Path, path: &Path) -> Result<Vec<u8>, ContainerError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ContainerError::NoConfig(dir.to_path_buf()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ContainerError::UnsafePath {
+                what: "config",
+                path: path.to_path_buf(),
+                reason: "is a symlink",
+            })
+        }
+        Err(source) => {
+            return Err(ContainerError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let read_err = |source| ContainerError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(ContainerError::BadSpec {
+            path: path.to_path_buf(),
+            message: "not a regular file".into(),
+        });
+    }
+    let too_large = |size| ContainerError::ConfigTooLarge {
+        path: path.to_path_buf(),
+        size,
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if data.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(data.len() as u64));
+    }
+    Ok(data)
+}
+
+/// Refuses a host path of the bundle that could lead somewhere else than it
+/// says: a `..` component anywhere, and a symlink as any component below
+/// `base` (the bundle, for a relative path) or as the final component (an
+/// absolute path, which may name anything on the host anyway).
+fn check_path(what: &'static str, written: &Path, base: &Path) -> Result<PathBuf, ContainerError> {
+    use std::path::Component;
+    let unsafe_path = |path: &Path, reason| ContainerError::UnsafePath {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    if written
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(unsafe_path(written, "has a '..' component"));
+    }
+    let full = base.join(written);
+    let is_link = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+    if written.is_absolute() {
+        if is_link(&full) {
+            return Err(unsafe_path(&full, "is a symlink"));
+        }
+    } else {
+        let mut p = base.to_path_buf();
+        for c in written.components() {
+            if let Component::Normal(name) = c {
+                p.push(name);
+                if is_link(&p) {
+                    return Err(unsafe_path(&p, "is or goes through a symlink"));
+                }
+            }
+        }
+    }
+    Ok(full)
 }
 
 /// A loaded OCI bundle.
@@ -70,13 +179,7 @@ impl Bundle {
             return Err(ContainerError::NoBundle(dir));
         }
         let path = dir.join("config.json");
-        let config_json = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ContainerError::NoConfig(dir))
-            }
-            Err(source) => return Err(ContainerError::Read { path, source }),
-        };
+        let config_json = read_config(&dir, &path)?;
         let bad = |message: String| ContainerError::BadSpec {
             path: path.clone(),
             message,
@@ -98,16 +201,20 @@ impl Bundle {
             .root()
             .as_ref()
             .ok_or_else(|| bad("no \"root\"".into()))?;
-        let rootfs = dir.join(root.path());
+        let rootfs = check_path("rootfs", root.path(), &dir)?;
         if !rootfs.is_dir() {
             return Err(ContainerError::NoRootfs(rootfs));
         }
-        Ok(Bundle {
+        let bundle = Bundle {
             dir,
             config_json,
             spec,
             rootfs,
-        })
+        };
+        for (written, _) in bundle.bind_sources() {
+            check_path("bind mount source", &written, &bundle.dir)?;
+        }
+        Ok(bundle)
     }
 
     /// `process.terminal`.

@@ -13,6 +13,8 @@ use crate::process::ProcessGroup;
 /// The ampoule-vmm backend.
 pub struct AmpouleVmm {
     pub binary: PathBuf,
+    /// Bound on the serial log file the VMM writes (`--serial-log-max-bytes`).
+    pub serial_log_max: u64,
 }
 
 /// Control socket of the VMM.
@@ -20,8 +22,9 @@ pub fn api_socket(vm: &VmConfig) -> PathBuf {
     vm.dir.join("api.sock")
 }
 
-/// The `ampoule-vmm` arguments for `vm`.
-pub fn vmm_argv(vm: &VmConfig) -> Vec<OsString> {
+/// The `ampoule-vmm` arguments for `vm`, its serial log bounded to
+/// `serial_log_max` bytes.
+pub fn vmm_argv(vm: &VmConfig, serial_log_max: u64) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![
         "--kernel".into(),
         vm.kernel.clone().into(),
@@ -37,6 +40,8 @@ pub fn vmm_argv(vm: &VmConfig) -> Vec<OsString> {
         vm.vsock_uds.clone().into(),
         "--serial-log".into(),
         vm.serial_log.clone().into(),
+        "--serial-log-max-bytes".into(),
+        serial_log_max.to_string().into(),
         "--api-sock".into(),
         api_socket(vm).into(),
     ];
@@ -69,10 +74,16 @@ impl Hypervisor for AmpouleVmm {
     }
 
     async fn launch(&self, vm: &VmConfig) -> Result<ProcessGroup, HypervisorError> {
+        if vm.jail.is_some() {
+            // Not jailed yet: it opens /dev/kvm (root-only here) and fills
+            // drive slots by path at run time, which a jail must provide.
+            tracing::warn!("the ampoule backend runs ampoule-vmm unjailed");
+        }
         let mut group = ProcessGroup::new();
         let mut cmd = Command::new(&self.binary);
-        cmd.args(vmm_argv(vm));
-        tracing::debug!(vmm = %self.binary.display(), args = ?vmm_argv(vm), "starting ampoule-vmm");
+        let argv = vmm_argv(vm, self.serial_log_max);
+        tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");
+        cmd.args(argv);
         group.spawn(VM_PROCESS, cmd, &vm.process_log("ampoule-vmm"))?;
         Ok(group)
     }
@@ -109,8 +120,9 @@ mod tests {
             vsock_uds: "/run/s/vsock.sock".into(),
             serial_log: "/run/s/serial.log".into(),
             accel: Accel::Kvm,
+            jail: None,
         };
-        let a: Vec<String> = vmm_argv(&vm)
+        let a: Vec<String> = vmm_argv(&vm, 4096)
             .into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
@@ -131,6 +143,8 @@ mod tests {
                 "/run/s/vsock.sock",
                 "--serial-log",
                 "/run/s/serial.log",
+                "--serial-log-max-bytes",
+                "4096",
                 "--api-sock",
                 "/run/s/api.sock",
                 "--drive",

@@ -6,6 +6,7 @@
 
 pub mod ampoule;
 pub mod qemu;
+pub mod serial_log;
 pub mod tcg_tuning;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub enum HypervisorError {
     },
     #[error("invalid VM configuration: {0}")]
     Invalid(String),
+    #[error("jail: {0}")]
+    Jail(#[from] crate::jail::JailError),
 }
 
 /// A virtio-blk drive. Its `id` is also its serial number in the guest
@@ -65,6 +68,8 @@ pub struct VmConfig {
     /// Guest serial console output.
     pub serial_log: PathBuf,
     pub accel: Accel,
+    /// How to jail the VM's host processes; `None` runs them unjailed.
+    pub jail: Option<crate::jail::JailSettings>,
 }
 
 impl VmConfig {
@@ -94,24 +99,30 @@ pub fn for_backend(
     backend: Backend,
     binary: PathBuf,
     vhost_device_vsock: Option<PathBuf>,
+    serial_log_max: u64,
 ) -> Box<dyn Hypervisor> {
     match backend {
         Backend::Qemu => Box::new(qemu::Qemu {
             qemu: binary,
             vhost_device_vsock: vhost_device_vsock
                 .unwrap_or_else(|| PathBuf::from("vhost-device-vsock")),
+            serial_log_max,
         }),
-        Backend::Ampoule => Box::new(ampoule::AmpouleVmm { binary }),
+        Backend::Ampoule => Box::new(ampoule::AmpouleVmm {
+            binary,
+            serial_log_max,
+        }),
     }
 }
 
 /// Last `max` bytes of a log file, as text, for error messages.
+/// Reads only those bytes (the file may be large), without following a
+/// symlink.
 pub fn log_tail(path: &Path, max: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let start = bytes.len().saturating_sub(max);
-            let mut s = String::from_utf8_lossy(&bytes[start..]).into_owned();
-            if start > 0 {
+    match serial_log::read_tail(path, max as u64) {
+        Ok((bytes, cut)) => {
+            let mut s = String::from_utf8_lossy(&bytes).into_owned();
+            if cut {
                 s.insert_str(0, "...");
             }
             s

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::process::Command;
 
-use super::{log_block, Hypervisor, HypervisorError, VmConfig, VM_PROCESS};
+use std::os::fd::AsRawFd;
+
+use super::{log_block, serial_log, Hypervisor, HypervisorError, VmConfig, VM_PROCESS};
 use crate::host::{Accel, Backend};
+use crate::jail::plan::JailedProcess;
+use crate::jail::{SandboxJail, QEMU_SANDBOX};
 use crate::process::ProcessGroup;
 
 /// Name of the vsock device process in the group.
@@ -16,10 +20,25 @@ pub const VHOST_PROCESS: &str = "vhost-device-vsock";
 /// How long vhost-device-vsock gets to create its vhost-user socket.
 const VHOST_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TCG translation cache, MiB (part of the jail's memory overhead).
+pub const TCG_TB_SIZE_MIB: u32 = 128;
+
 /// The QEMU backend.
 pub struct Qemu {
     pub qemu: PathBuf,
     pub vhost_device_vsock: PathBuf,
+    /// Most bytes of the guest console kept in `serial_log` (the newest).
+    pub serial_log_max: u64,
+}
+
+/// QEMU fd set through which the serial chardev gets the write end of the
+/// console pipe (`-add-fd`, then `path=/dev/fdset/N`): QEMU writes a pipe
+/// that the runtime drains into a bounded file, never a file of its own.
+pub const SERIAL_FDSET: u32 = 1;
+
+/// `-add-fd` arguments handing `fd` to QEMU as [`SERIAL_FDSET`].
+pub fn serial_fd_argv(fd: std::os::fd::RawFd) -> [String; 2] {
+    ["-add-fd".into(), format!("fd={fd},set={SERIAL_FDSET}")]
 }
 
 /// vhost-user socket between QEMU and vhost-device-vsock.
@@ -62,12 +81,15 @@ pub fn qemu_argv(vm: &VmConfig) -> Vec<OsString> {
     match vm.accel {
         Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
         Accel::Tcg => {
+            // tb-size bounds TCG's translation cache (by default the smaller
+            // of 1 GiB and host RAM / 8), which the jail's memory cgroup
+            // must hold besides guest memory.
             let tcg = if vm.vcpus > 1 {
-                "tcg,thread=multi"
+                format!("tcg,thread=multi,tb-size={TCG_TB_SIZE_MIB}")
             } else {
-                "tcg"
+                format!("tcg,tb-size={TCG_TB_SIZE_MIB}")
             };
-            a.extend(["-accel".into(), tcg.into(), "-cpu".into(), "max".into()]);
+            a.extend(["-accel".into(), tcg, "-cpu".into(), "max".into()]);
         }
     }
     a.extend([
@@ -82,7 +104,9 @@ pub fn qemu_argv(vm: &VmConfig) -> Vec<OsString> {
         "-append".into(),
         vm.cmdline.clone(),
         "-chardev".into(),
-        format!("file,id=ser0,path={}", opt_value(&vm.serial_log)),
+        // append=on: without it QEMU truncates the fd, and ftruncate(2) of a
+        // pipe fails (EINVAL).
+        format!("file,id=ser0,path=/dev/fdset/{SERIAL_FDSET},append=on"),
         "-serial".into(),
         "chardev:ser0".into(),
         "-chardev".into(),
@@ -131,9 +155,20 @@ impl Hypervisor for Qemu {
                 vm.dir.display()
             )));
         }
+        // Declared before the group: on an early return the group is
+        // dropped (its processes told to die) before the jail's cgroup goes.
+        let jail = match &vm.jail {
+            Some(settings) => Some(SandboxJail::create(vm, settings)?),
+            None => None,
+        };
         let mut group = ProcessGroup::new();
         let vhost_log = vm.process_log(VHOST_PROCESS);
-        let mut vhost = Command::new(&self.vhost_device_vsock);
+        let mut vhost = match &jail {
+            Some(j) => j
+                .confine(JailedProcess::VhostVsock, vm, &self.vhost_device_vsock)?
+                .command(),
+            None => Command::new(&self.vhost_device_vsock),
+        };
         vhost.args(vhost_argv(vm));
         group.spawn(VHOST_PROCESS, vhost, &vhost_log)?;
 
@@ -158,10 +193,41 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
 
-        let mut qemu = Command::new(&self.qemu);
+        let mut qemu = match &jail {
+            Some(j) => j.confine(JailedProcess::Qemu, vm, &self.qemu)?.command(),
+            None => Command::new(&self.qemu),
+        };
+        // The console: a pipe drained into a bounded file (see SERIAL_FDSET).
+        let (serial_w, serial_drain) =
+            serial_log::pipe_to_capped_file(&vm.serial_log, self.serial_log_max).map_err(|e| {
+                HypervisorError::Invalid(format!("serial log {}: {e}", vm.serial_log.display()))
+            })?;
+        let serial_fd = serial_w.as_raw_fd();
+        qemu.args(serial_fd_argv(serial_fd));
+        // SAFETY: between fork and exec the closure only calls fcntl(2),
+        // async-signal-safe, on the child's copy of `serial_fd`, which stays
+        // open in the parent until after the spawn.
+        unsafe {
+            qemu.pre_exec(move || {
+                if libc::fcntl(serial_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         qemu.args(qemu_argv(vm));
-        tracing::debug!(qemu = %self.qemu.display(), args = ?qemu_argv(vm), "starting QEMU");
-        group.spawn(VM_PROCESS, qemu, &vm.process_log("qemu"))?;
+        if jail.is_some() {
+            qemu.args(QEMU_SANDBOX);
+        }
+        tracing::debug!(qemu = %self.qemu.display(), args = ?qemu_argv(vm), jailed = jail.is_some(), "starting QEMU");
+        let spawned = group.spawn(VM_PROCESS, qemu, &vm.process_log("qemu"));
+        // Only QEMU holds the write end now: the drain ends when it exits.
+        drop(serial_w);
+        spawned?;
+        group.hold(serial_drain);
+        if let Some(j) = jail {
+            group.hold(j);
+        }
         Ok(group)
     }
 }
@@ -188,6 +254,7 @@ mod tests {
             vsock_uds: "/run/s/1/vsock.sock".into(),
             serial_log: "/run/s/1/serial.log".into(),
             accel,
+            jail: None,
         }
     }
 
@@ -225,17 +292,18 @@ mod tests {
         assert_eq!(after(&a, "-initrd"), ["/k/initrd.img"]);
         assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet"]);
         assert!(after(&a, "-chardev").contains(&"socket,id=vs,path=/run/s/1/vhost-user.sock"));
-        assert!(after(&a, "-chardev").contains(&"file,id=ser0,path=/run/s/1/serial.log"));
+        assert!(after(&a, "-chardev").contains(&"file,id=ser0,path=/dev/fdset/1,append=on"));
+        assert_eq!(serial_fd_argv(9), ["-add-fd", "fd=9,set=1"]);
         assert!(after(&a, "-device").contains(&"vhost-user-vsock-device,chardev=vs"));
     }
 
     #[test]
     fn accel_tcg_and_kvm() {
         let a = argv(&vm(Accel::Tcg, 1));
-        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         let a = argv(&vm(Accel::Tcg, 2));
-        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         let a = argv(&vm(Accel::Kvm, 2));
         assert_eq!(after(&a, "-accel"), ["kvm"]);

@@ -20,31 +20,17 @@ use ttrpc::{Code, Error as TtrpcError};
 use crate::cleanup::{self, VmRecord};
 use crate::events::{now, Events};
 use crate::io::{ProcessIo, StdioPaths};
+use crate::oom::{self, OomGate, Verdict};
+use crate::pids;
 use crate::process::{exit_status, vm_death_status};
 use crate::start::{self, config_path_from_options};
 use crate::stats;
+use crate::status::{not_found, status, vm_error, Op};
 use crate::vm::{self, Pod, VmError};
 use ampoule_runtime::container::rootfs::{self, MountSpec};
 use ampoule_runtime::container::{self, ContainerError};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
-
-fn status(code: Code, msg: impl std::fmt::Display) -> TtrpcError {
-    TtrpcError::RpcStatus(ttrpc::get_status(code, msg.to_string()))
-}
-
-fn not_found(what: impl std::fmt::Display) -> TtrpcError {
-    status(Code::NOT_FOUND, format!("{what}: not found"))
-}
-
-fn vm_error(call: &str, e: VmError) -> TtrpcError {
-    let code = if e.vm_gone() {
-        Code::UNAVAILABLE
-    } else {
-        Code::INTERNAL
-    };
-    status(code, format!("{call}: {e}"))
-}
 
 /// How a process ended.
 #[derive(Debug, Clone)]
@@ -65,7 +51,12 @@ enum ProcState {
 
 /// A container's init process or one of its execs.
 struct Proc {
-    pid: u32,
+    /// What containerd is told: the host pid of the pod's VM process
+    /// (see [`crate::pids`]).
+    host_pid: u32,
+    /// The agent's pid of the process, in the guest (logs only; `Pids`
+    /// asks the agent).
+    guest_pid: u32,
     stdio: StdioPaths,
     state: ProcState,
     exit: ExitTx,
@@ -75,10 +66,11 @@ struct Proc {
 }
 
 impl Proc {
-    fn new(stdio: StdioPaths) -> Proc {
+    fn new(stdio: StdioPaths, host_pid: u32) -> Proc {
         let (tx, _) = watch::channel(None);
         Proc {
-            pid: 0,
+            host_pid,
+            guest_pid: 0,
             stdio,
             state: ProcState::Created,
             exit: Arc::new(tx),
@@ -116,6 +108,8 @@ struct Inner {
     host_cgroups: Mutex<Vec<PathBuf>>,
     /// Bind sources images of containers, removed at their Delete.
     bind_images: Mutex<HashMap<String, PathBuf>>,
+    /// Which OOM events from the guest reach containerd.
+    oom: Mutex<OomGate>,
 }
 
 /// The task service of one shim (one pod).
@@ -167,6 +161,7 @@ impl TaskService {
                 tasks: Mutex::new(Vec::new()),
                 host_cgroups: Mutex::new(Vec::new()),
                 bind_images: Mutex::new(HashMap::new()),
+                oom: Mutex::new(OomGate::new()),
             }),
         }
     }
@@ -176,10 +171,24 @@ impl TaskService {
         self.inner.exit.clone()
     }
 
-    fn pod(&self) -> TtrpcResult<Arc<Pod>> {
-        lock(&self.inner.pod)
-            .clone()
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod's VM is not running"))
+    fn pod(&self, op: Op<'_>) -> TtrpcResult<Arc<Pod>> {
+        lock(&self.inner.pod).clone().ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("{op}: the pod's VM is not running"),
+            )
+        })
+    }
+
+    /// Guest pid of the pod's sandbox container (the task that booted the
+    /// VM) while its init runs: whose namespaces `/proc/<VM pid>/ns/*`
+    /// paths in a later container's spec mean.
+    fn sandbox_guest_pid(&self) -> Option<u32> {
+        lock(&self.inner.containers)
+            .values()
+            .find(|c| c.owns_vm)
+            .filter(|c| c.init.guest_pid != 0 && c.init.exited().is_none())
+            .map(|c| c.init.guest_pid)
     }
 
     fn track(&self, h: JoinHandle<()>) {
@@ -320,7 +329,7 @@ impl TaskService {
                     {
                         if proc_.exited().is_none() {
                             proc_.state = ProcState::Stopped;
-                            v.push((id.clone(), eid, proc_.pid, proc_.exit.clone()));
+                            v.push((id.clone(), eid, proc_.host_pid, proc_.exit.clone()));
                         }
                     }
                 }
@@ -334,10 +343,7 @@ impl TaskService {
         self.track(tokio::spawn(async move {
             loop {
                 match pod.oom_event().await {
-                    Ok(id) => {
-                        tracing::warn!(container = %id, "OOM in the guest");
-                        me.inner.events.oom(&id).await;
-                    }
+                    Ok(id) => me.oom_event(&id).await,
                     Err(e) => {
                         tracing::debug!(error = %e, "OOM event stream ended");
                         break;
@@ -345,6 +351,31 @@ impl TaskService {
                 }
             }
         }));
+    }
+
+    /// An OOM event from the guest: forwarded for this shim's own tasks
+    /// within the rate limit, dropped (and logged, rate-limited) otherwise.
+    async fn oom_event(&self, id: &str) {
+        let ours = lock(&self.inner.containers).contains_key(id);
+        let verdict = lock(&self.inner.oom).admit(id, ours, std::time::Instant::now());
+        match verdict {
+            Verdict::Forward => {
+                tracing::warn!(container = %id, "OOM in the guest");
+                self.inner.events.oom(id).await;
+            }
+            Verdict::Drop {
+                reason,
+                log: Some(dropped),
+            } => {
+                tracing::warn!(
+                    container = %oom::printable(id),
+                    ?reason,
+                    dropped,
+                    "OOM event from the guest not forwarded"
+                );
+            }
+            Verdict::Drop { log: None, .. } => {}
+        }
     }
 
     /// Records an exit (first one wins) and publishes it.
@@ -381,8 +412,9 @@ impl TaskService {
     /// Waits for a started process in the guest, drains its output, then
     /// records and publishes the exit.
     fn spawn_waiter(&self, pod: Arc<Pod>, id: String, exec_id: String) -> TtrpcResult<()> {
-        let (pid, tx, io) =
-            self.with_proc(&id, &exec_id, |p| (p.pid, p.exit.clone(), p.io.clone()))?;
+        let (pid, tx, io) = self.with_proc(&id, &exec_id, |p| {
+            (p.host_pid, p.exit.clone(), p.io.clone())
+        })?;
         let me = self.clone();
         self.track(tokio::spawn(async move {
             let code = match pod.wait(&id, &exec_id).await {
@@ -456,16 +488,17 @@ impl TaskService {
 
     async fn create_inner(&self, req: api::CreateTaskRequest) -> TtrpcResult<u32> {
         let id = req.id.clone();
+        let op = Op::new("create", &id, "");
         if lock(&self.inner.containers).contains_key(&id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
-                format!("container {id} already exists"),
+                format!("{op}: container {id} already exists"),
             ));
         }
         if !req.checkpoint.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
-                "restoring from a checkpoint is not supported by Ampoule",
+                format!("{op}: restoring from a checkpoint is not supported by Ampoule"),
             ));
         }
         if let Some(opts) = req.options.as_ref() {
@@ -480,13 +513,13 @@ impl TaskService {
         let raw_spec = std::fs::read(bundle.join("config.json")).map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,
-                format!("reading {}/config.json: {e}", req.bundle),
+                format!("{op}: reading {}/config.json: {e}", req.bundle),
             )
         })?;
         let mut spec: serde_json::Value = serde_json::from_slice(&raw_spec).map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,
-                format!("{}/config.json: {e}", req.bundle),
+                format!("{op}: {}/config.json: {e}", req.bundle),
             )
         })?;
         let group = start::grouping(&id, &annotations(&spec));
@@ -501,14 +534,14 @@ impl TaskService {
             .collect();
         let stdio = Self::stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let config = vm::load_config(lock(&self.inner.config_path).as_deref())
-            .map_err(|e| vm_error("Create", e))?;
+            .map_err(|e| vm_error(op, &e))?;
 
         // The rootfs image, and the bind sources image (the spec's bind
         // mounts are rewritten where they cannot cross into the guest).
         let mut images = self
             .layer_images(&config, mounts, &bundle)
             .await
-            .map_err(|e| vm_error("Create", e))?;
+            .map_err(|e| vm_error(op, &e))?;
         let binds_dir = vm::binds_dir(&config);
         let binds_name = start::hash_hex(&[&self.inner.namespace, &id])[..24].to_string();
         let binds = {
@@ -524,12 +557,11 @@ impl TaskService {
                 Ok::<_, rootfs::RootfsError>((img, spec))
             })
             .await
-            .map_err(|e| status(Code::INTERNAL, e))?;
-            let (img, s) = r.map_err(|e| vm_error("Create", e.into()))?;
+            .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
+            let (img, s) = r.map_err(|e| vm_error(op, &VmError::from(e)))?;
             spec = s;
             img
         };
-        let raw_spec = serde_json::to_vec(&spec).map_err(|e| status(Code::INTERNAL, e))?;
         let with_binds = binds.is_some();
         images.extend(binds.clone());
 
@@ -538,9 +570,7 @@ impl TaskService {
             let existing = lock(&self.inner.pod).clone();
             match existing {
                 Some(pod) => {
-                    let devices = pod
-                        .attach_layers(&images)
-                        .map_err(|e| vm_error("Create", e))?;
+                    let devices = pod.attach_layers(&images).map_err(|e| vm_error(op, &e))?;
                     (pod, devices, false)
                 }
                 None => {
@@ -550,7 +580,7 @@ impl TaskService {
                     let (pod, devices) = self
                         .boot_pod(&id, &bundle, &spec, &config, &images)
                         .await
-                        .map_err(|e| vm_error("Create", e))?;
+                        .map_err(|e| vm_error(op, &e))?;
                     *lock(&self.inner.pod) = Some(pod.clone());
                     (pod, devices, true)
                 }
@@ -561,21 +591,35 @@ impl TaskService {
             lock(&self.inner.bind_images).insert(id.clone(), b.clone());
         }
 
+        // Every task of the pod is reported with the VM's host pid.
+        let host_pid = pod.vm_pid().unwrap_or(0);
+        let sandbox_guest_pid = if owns_vm {
+            None
+        } else {
+            self.sandbox_guest_pid()
+        };
         let result: Result<(u32, ProcessIo), TtrpcError> = async {
+            let joined = pids::guest_namespace_paths(&mut spec, host_pid, sandbox_guest_pid)
+                .map_err(|e| status(Code::FAILED_PRECONDITION, format!("{op}: {e}")))?;
+            if joined > 0 {
+                tracing::debug!(container = %id, joined, "namespace paths pointed at the sandbox in the guest");
+            }
+            let raw_spec = serde_json::to_vec(&spec)
+                .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
             let streams = pod
                 .connect_stdio(&id, "", &stdio)
                 .await
-                .map_err(|e| vm_error("Create (stdio)", e))?;
-            let io =
-                ProcessIo::start(&stdio, streams, &id).map_err(|e| status(Code::INTERNAL, e))?;
+                .map_err(|e| vm_error(op, &e))?;
+            let io = ProcessIo::start(&stdio, streams, &id)
+                .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
             let pid = pod
-                .create_container(&id, raw_spec.clone(), devices, bind_device, &stdio)
+                .create_container(&id, raw_spec, devices, bind_device, &stdio)
                 .await
-                .map_err(|e| vm_error("CreateContainer", e))?;
+                .map_err(|e| vm_error(op, &e))?;
             Ok((pid, io))
         }
         .await;
-        let (pid, io) = match result {
+        let (guest_pid, io) = match result {
             Ok(v) => v,
             Err(e) => {
                 drop(pod);
@@ -585,8 +629,8 @@ impl TaskService {
                 return Err(e);
             }
         };
-        let mut init = Proc::new(stdio.clone());
-        init.pid = pid;
+        let mut init = Proc::new(stdio.clone(), host_pid);
+        init.guest_pid = guest_pid;
         *init.io.lock().await = Some(io);
         lock(&self.inner.containers).insert(
             id.clone(),
@@ -598,12 +642,12 @@ impl TaskService {
                 paused: false,
             },
         );
-        tracing::info!(container = %id, pid, "container created");
+        tracing::info!(container = %id, host_pid, guest_pid, "container created");
         self.inner
             .events
-            .create(&id, &req.bundle, &stdio, pid)
+            .create(&id, &req.bundle, &stdio, host_pid)
             .await;
-        Ok(pid)
+        Ok(host_pid)
     }
 }
 
@@ -629,21 +673,22 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StartResponse> {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         tracing::debug!(%id, exec = %exec_id, "Start");
-        let pod = self.pod()?;
+        let op = Op::new("start", &id, &exec_id);
         let state = self.with_proc(&id, &exec_id, |p| p.state)?;
         if state != ProcState::Created {
             return Err(status(
                 Code::FAILED_PRECONDITION,
-                format!("{id} {exec_id}: already started"),
+                format!("{op}: already started"),
             ));
         }
+        let pod = self.pod(op)?;
         let pid = if exec_id.is_empty() {
             pod.start_container(&id)
                 .await
-                .map_err(|e| vm_error("StartContainer", e))?;
+                .map_err(|e| vm_error(op, &e))?;
             let pid = self.with_proc(&id, "", |p| {
                 p.state = ProcState::Running;
-                p.pid
+                p.host_pid
             })?;
             self.spawn_waiter(pod, id.clone(), String::new())?;
             self.inner.events.start(&id, pid).await;
@@ -656,18 +701,20 @@ impl Task for TaskService {
             let streams = pod
                 .connect_stdio(&id, &exec_id, &stdio)
                 .await
-                .map_err(|e| vm_error("Start (stdio)", e))?;
+                .map_err(|e| vm_error(op, &e))?;
             let io = ProcessIo::start(&stdio, streams, &format!("{id}/{exec_id}"))
-                .map_err(|e| status(Code::INTERNAL, e))?;
+                .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
             *io_slot.lock().await = Some(io);
-            let pid = pod
+            let guest_pid = pod
                 .exec(&id, &exec_id, spec, &stdio)
                 .await
-                .map_err(|e| vm_error("ExecProcess", e))?;
-            self.with_proc(&id, &exec_id, |p| {
-                p.pid = pid;
+                .map_err(|e| vm_error(op, &e))?;
+            let pid = self.with_proc(&id, &exec_id, |p| {
+                p.guest_pid = guest_pid;
                 p.state = ProcState::Running;
+                p.host_pid
             })?;
+            tracing::debug!(container = %id, exec = %exec_id, host_pid = pid, guest_pid, "exec started");
             self.spawn_waiter(pod, id.clone(), exec_id.clone())?;
             self.inner.events.exec_started(&id, &exec_id, pid).await;
             pid
@@ -685,6 +732,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::DeleteResponse> {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         tracing::debug!(%id, exec = %exec_id, "Delete");
+        let op = Op::new("delete", &id, &exec_id);
         if !exec_id.is_empty() {
             let p = {
                 let mut cs = lock(&self.inner.containers);
@@ -695,29 +743,29 @@ impl Task for TaskService {
                     .execs
                     .get(&exec_id)
                     .map(|p| p.state == ProcState::Running && p.exited().is_none())
-                    .ok_or_else(|| not_found(format!("exec {exec_id}")))?;
+                    .ok_or_else(|| not_found(format!("exec {exec_id} of container {id}")))?;
                 if running {
                     return Err(status(
                         Code::FAILED_PRECONDITION,
-                        format!("exec {exec_id} is still running"),
+                        format!("{op}: the process is still running"),
                     ));
                 }
                 c.execs.remove(&exec_id)
             };
-            let p = p.ok_or_else(|| not_found(format!("exec {exec_id}")))?;
+            let p = p.ok_or_else(|| not_found(format!("exec {exec_id} of container {id}")))?;
             let exit = p.exited();
             return Ok(api::DeleteResponse {
-                pid: p.pid,
+                pid: p.host_pid,
                 exit_status: exit.as_ref().map(|e| e.status).unwrap_or(0),
                 exited_at: exit.map(|e| e.at).into(),
                 ..Default::default()
             });
         }
-        let (pid, exit, state) = self.with_proc(&id, "", |p| (p.pid, p.exited(), p.state))?;
+        let (pid, exit, state) = self.with_proc(&id, "", |p| (p.host_pid, p.exited(), p.state))?;
         if state == ProcState::Running && exit.is_none() {
             return Err(status(
                 Code::FAILED_PRECONDITION,
-                format!("container {id} is still running"),
+                format!("{op}: the container is still running"),
             ));
         }
         let (owns_vm, last) = {
@@ -730,7 +778,7 @@ impl Task for TaskService {
         // The last task of the pod takes the VM with it (at Shutdown): its
         // guest-side cleanup would be wasted work.
         if !last {
-            if let Ok(pod) = self.pod() {
+            if let Ok(pod) = self.pod(op) {
                 if let Err(e) = pod.delete_container(&id, true).await {
                     if !e.vm_gone() {
                         tracing::warn!(container = %id, error = %e, "DeleteContainer");
@@ -739,6 +787,7 @@ impl Task for TaskService {
             }
         }
         lock(&self.inner.containers).remove(&id);
+        lock(&self.inner.oom).forget(&id);
         if let Some(img) = lock(&self.inner.bind_images).remove(&id) {
             let _ = std::fs::remove_file(img);
         }
@@ -775,7 +824,10 @@ impl Task for TaskService {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         tracing::debug!(%id, exec = %exec_id, "Exec");
         if exec_id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec id is empty"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("exec in container {id}: the exec id is empty"),
+            ));
         }
         let spec = req
             .spec
@@ -790,15 +842,14 @@ impl Task for TaskService {
             if c.execs.contains_key(&exec_id) {
                 return Err(status(
                     Code::ALREADY_EXISTS,
-                    format!("exec {exec_id} already exists"),
+                    format!("exec {exec_id} of container {id} already exists"),
                 ));
             }
-            let mut p = Proc::new(Self::stdio_of(
-                &req.stdin,
-                &req.stdout,
-                &req.stderr,
-                req.terminal,
-            ));
+            // An exec runs in the same VM: same host pid as its container.
+            let mut p = Proc::new(
+                Self::stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+                c.init.host_pid,
+            );
             p.spec = Some(spec);
             c.execs.insert(exec_id.clone(), p);
         }
@@ -812,10 +863,11 @@ impl Task for TaskService {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
         self.with_proc(&req.id, &req.exec_id, |_| ())?;
-        let pod = self.pod()?;
+        let op = Op::new("resize the terminal of", &req.id, &req.exec_id);
+        let pod = self.pod(op)?;
         pod.resize(&req.id, &req.exec_id, req.height, req.width)
             .await
-            .map_err(|e| vm_error("ResizeTty", e))?;
+            .map_err(|e| vm_error(op, &e))?;
         Ok(Empty::new())
     }
 
@@ -839,7 +891,7 @@ impl Task for TaskService {
             api::StateResponse {
                 id: req.id.clone(),
                 bundle: bundle.0.clone(),
-                pid: p.pid,
+                pid: p.host_pid,
                 status: st.into(),
                 stdin: p.stdio.stdin.clone(),
                 stdout: p.stdio.stdout.clone(),
@@ -859,11 +911,13 @@ impl Task for TaskService {
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         self.with_proc(&req.id, "", |_| ())?;
-        let pod = self.pod()?;
-        let procs = pod
+        let op = Op::new("list the processes of", &req.id, "");
+        let procs = self
+            .pod(op)?
             .list_processes(&req.id)
             .await
-            .map_err(|e| vm_error("ListProcesses", e))?;
+            .map_err(|e| vm_error(op, &e))?;
+        // ps-style output: the guest's pids (the only place they appear).
         Ok(api::PidsResponse {
             processes: procs
                 .into_iter()
@@ -878,10 +932,11 @@ impl Task for TaskService {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         self.with_proc(&req.id, "", |_| ())?;
-        self.pod()?
+        let op = Op::new("pause", &req.id, "");
+        self.pod(op)?
             .pause(&req.id)
             .await
-            .map_err(|e| vm_error("PauseContainer", e))?;
+            .map_err(|e| vm_error(op, &e))?;
         if let Some(c) = lock(&self.inner.containers).get_mut(&req.id) {
             c.paused = true;
         }
@@ -891,10 +946,11 @@ impl Task for TaskService {
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         self.with_proc(&req.id, "", |_| ())?;
-        self.pod()?
+        let op = Op::new("resume", &req.id, "");
+        self.pod(op)?
             .resume(&req.id)
             .await
-            .map_err(|e| vm_error("ResumeContainer", e))?;
+            .map_err(|e| vm_error(op, &e))?;
         if let Some(c) = lock(&self.inner.containers).get_mut(&req.id) {
             c.paused = false;
         }
@@ -909,20 +965,20 @@ impl Task for TaskService {
     ) -> TtrpcResult<Empty> {
         Err(status(
             Code::UNIMPLEMENTED,
-            format!("checkpoint of {}: not supported by Ampoule (the container runs in a microVM; VM snapshots are not wired to checkpoints)", req.id),
+            format!("checkpoint container {}: not supported by Ampoule (the container runs in a microVM; VM snapshots are not wired to checkpoints)", req.id),
         ))
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
         tracing::debug!(id = %req.id, exec = %req.exec_id, signal = req.signal, all = req.all, "Kill");
+        let op = Op::new("signal", &req.id, &req.exec_id);
         let exit = self.with_proc(&req.id, &req.exec_id, |p| p.exited())?;
         if exit.is_some() && !req.all {
-            return Err(not_found(format!(
-                "process {} {}: already finished",
-                req.id, req.exec_id
-            )));
+            // As runc: a finished process is not found (containerd then
+            // treats the kill as done).
+            return Err(not_found(format!("{op}: the process already finished")));
         }
-        let pod = match self.pod() {
+        let pod = match self.pod(op) {
             Ok(p) => p,
             Err(_) if exit.is_some() => return Ok(Empty::new()),
             Err(e) => return Err(e),
@@ -930,7 +986,7 @@ impl Task for TaskService {
         match pod.signal(&req.id, &req.exec_id, req.signal, req.all).await {
             Ok(()) => Ok(Empty::new()),
             Err(e) if e.vm_gone() => Ok(Empty::new()),
-            Err(e) => Err(vm_error("SignalProcess", e)),
+            Err(e) => Err(vm_error(op, &e)),
         }
     }
 
@@ -941,7 +997,7 @@ impl Task for TaskService {
             Some(io) => io.close_stdin(),
             None => {
                 drop(guard);
-                if let Ok(pod) = self.pod() {
+                if let Ok(pod) = self.pod(Op::new("close stdin of", &req.id, &req.exec_id)) {
                     let _ = pod.close_stdin(&req.id, &req.exec_id).await;
                 }
             }
@@ -951,22 +1007,23 @@ impl Task for TaskService {
 
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
         self.with_proc(&req.id, "", |_| ())?;
+        let op = Op::new("update", &req.id, "");
         let resources = req
             .resources
             .as_ref()
             .map(|a| a.value.clone())
-            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "Update without resources"))?;
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, format!("{op}: no resources given")))?;
         // containerd sends linux.resources as a JSON-encoded Any.
         serde_json::from_slice::<serde_json::Value>(&resources).map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,
-                format!("resources are not OCI JSON: {e}"),
+                format!("{op}: the resources are not OCI JSON: {e}"),
             )
         })?;
-        self.pod()?
+        self.pod(op)?
             .update(&req.id, resources)
             .await
-            .map_err(|e| vm_error("UpdateContainer", e))?;
+            .map_err(|e| vm_error(op, &e))?;
         Ok(Empty::new())
     }
 
@@ -985,7 +1042,10 @@ impl Task for TaskService {
             if rx.changed().await.is_err() {
                 return Err(status(
                     Code::UNAVAILABLE,
-                    "the process was deleted while waiting",
+                    format!(
+                        "{}: the process was deleted while waiting",
+                        Op::new("wait for", &req.id, &req.exec_id)
+                    ),
                 ));
             }
         };
@@ -1002,12 +1062,14 @@ impl Task for TaskService {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         self.with_proc(&req.id, "", |_| ())?;
+        let op = Op::new("read the statistics of", &req.id, "");
         let s = self
-            .pod()?
+            .pod(op)?
             .stats(&req.id)
             .await
-            .map_err(|e| vm_error("StatsContainer", e))?;
-        let any = stats::metrics_any(&s).map_err(|e| status(Code::INTERNAL, e))?;
+            .map_err(|e| vm_error(op, &e))?;
+        let any =
+            stats::metrics_any(&s).map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -1019,7 +1081,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let pid = self.with_proc(&req.id, "", |p| p.pid)?;
+        let pid = self.with_proc(&req.id, "", |p| p.host_pid)?;
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: pid,
@@ -1051,6 +1113,225 @@ mod tests {
             timeout_nano: 0,
             connection_data: Default::default(),
         }
+    }
+
+    fn service() -> TaskService {
+        TaskService::new("ns", "id", Events::new(None, "ns"), None)
+    }
+
+    /// A container as `create` leaves it (no VM needed): reported as host
+    /// pid `host`, known to the agent as guest pid `guest`.
+    fn insert(svc: &TaskService, id: &str, host: u32, guest: u32, state: ProcState) {
+        let mut init = Proc::new(StdioPaths::default(), host);
+        init.guest_pid = guest;
+        init.state = state;
+        lock(&svc.inner.containers).insert(
+            id.to_string(),
+            Container {
+                bundle: format!("/b/{id}"),
+                owns_vm: true,
+                init,
+                execs: HashMap::new(),
+                paused: false,
+            },
+        );
+    }
+
+    fn code_and_message(e: TtrpcError) -> (Code, String) {
+        match e {
+            TtrpcError::RpcStatus(s) => (s.code(), s.message().to_string()),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn containerd_sees_the_vm_host_pid_never_the_guest_pid() {
+        let svc = service();
+        insert(&svc, "c1", 4242, 7, ProcState::Running);
+        let state = |exec_id: &str| api::StateRequest {
+            id: "c1".into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        assert_eq!(svc.state(&ctx(), state("")).await.unwrap().pid, 4242);
+        let c = svc
+            .connect(
+                &ctx(),
+                api::ConnectRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((c.task_pid, c.shim_pid), (4242, std::process::id()));
+        // An exec of the container: the same VM, the same host pid.
+        svc.exec(
+            &ctx(),
+            api::ExecProcessRequest {
+                id: "c1".into(),
+                exec_id: "e1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        svc.with_proc("c1", "e1", |p| p.guest_pid = 9).unwrap();
+        assert_eq!(svc.state(&ctx(), state("e1")).await.unwrap().pid, 4242);
+        let d = svc
+            .delete(
+                &ctx(),
+                api::DeleteRequest {
+                    id: "c1".into(),
+                    exec_id: "e1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.pid, 4242);
+        // The exit of the init process carries it too.
+        let (pid, tx) = svc
+            .with_proc("c1", "", |p| (p.host_pid, p.exit.clone()))
+            .unwrap();
+        svc.finish("c1", "", pid, &tx, 0).await;
+        let d = svc
+            .delete(
+                &ctx(),
+                api::DeleteRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.pid, 4242);
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_guest_pid_is_known_only_while_its_init_runs() {
+        let svc = service();
+        assert_eq!(svc.sandbox_guest_pid(), None);
+        insert(&svc, "sb", 4242, 7, ProcState::Running);
+        assert_eq!(svc.sandbox_guest_pid(), Some(7));
+        let tx = svc.with_proc("sb", "", |p| p.exit.clone()).unwrap();
+        svc.finish("sb", "", 4242, &tx, 137).await;
+        assert_eq!(svc.sandbox_guest_pid(), None);
+    }
+
+    #[tokio::test]
+    async fn errors_carry_the_code_containerd_acts_on_and_name_the_task() {
+        let svc = service();
+        insert(&svc, "c1", 4242, 7, ProcState::Running);
+        // Wrong state: FailedPrecondition.
+        let e = svc
+            .start(
+                &ctx(),
+                api::StartRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (
+                Code::FAILED_PRECONDITION,
+                "start container c1: already started".into()
+            )
+        );
+        let e = svc
+            .delete(
+                &ctx(),
+                api::DeleteRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (
+                Code::FAILED_PRECONDITION,
+                "delete container c1: the container is still running".into()
+            )
+        );
+        // Twice the same id: AlreadyExists.
+        let e = svc
+            .create(
+                &ctx(),
+                api::CreateTaskRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code_and_message(e).0, Code::ALREADY_EXISTS);
+        let exec = api::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        };
+        svc.exec(&ctx(), exec.clone()).await.unwrap();
+        let e = svc.exec(&ctx(), exec).await.unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (
+                Code::ALREADY_EXISTS,
+                "exec e1 of container c1 already exists".into()
+            )
+        );
+        // Unknown ids: NotFound.
+        let e = svc
+            .pids(
+                &ctx(),
+                api::PidsRequest {
+                    id: "nope".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (Code::NOT_FOUND, "container nope: not found".into())
+        );
+        let e = svc
+            .start(
+                &ctx(),
+                api::StartRequest {
+                    id: "c1".into(),
+                    exec_id: "e9".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (Code::NOT_FOUND, "exec e9 of container c1: not found".into())
+        );
+        // An operation needing the VM when there is none: FailedPrecondition.
+        let e = svc
+            .pause(
+                &ctx(),
+                api::PauseRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_and_message(e),
+            (
+                Code::FAILED_PRECONDITION,
+                "pause container c1: the pod's VM is not running".into()
+            )
+        );
     }
 
     #[test]

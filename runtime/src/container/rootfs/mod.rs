@@ -3,9 +3,10 @@
 //! virtio-blk drives.
 //!
 //! Two callers, two cache rules:
-//! - the OCI CLI: a bundle's `rootfs/` directory, cached by the hash of the
-//!   tree's content ([`rootfs_image`]), so an unchanged rootfs is built once
-//!   whatever its path; bind sources copied into one image ([`binds_image`]);
+//! - the OCI CLI: a bundle's `rootfs/` directory, built into a private image
+//!   and cached by the hash of that image's bytes ([`rootfs_image`]), so an
+//!   unchanged rootfs is stored once whatever its path; bind sources copied
+//!   into one image ([`binds_image`]);
 //! - the containerd shim: the snapshot layers containerd mounts
 //!   ([`layers`]: overlay `lowerdir`s or one bind), cached per snapshot chain
 //!   by path, inode and ctime (hashing every layer's content on every task
@@ -17,8 +18,6 @@
 pub mod layers;
 pub mod slots;
 
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -171,67 +170,96 @@ pub fn pack_sources(
     result
 }
 
-/// Hash of a directory tree: names, types, modes, owners, symlink targets,
-/// device numbers and file contents (not timestamps), in sorted order.
-pub fn hash_tree(root: &Path) -> Result<String, RootfsError> {
-    let mut h = Sha256::new();
-    hash_dir(root, Path::new(""), &mut h)?;
-    let digest = h.finalize();
-    Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
-}
+/// Filesystem UUID of cached rootfs images: with it and `-T0`, an image's
+/// bytes depend only on the tree, so equal trees share one cache entry.
+const CACHE_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
-fn hash_dir(abs: &Path, rel: &Path, h: &mut Sha256) -> Result<(), RootfsError> {
-    let mut entries: Vec<_> = std::fs::read_dir(abs)
-        .map_err(io("reading", abs))?
-        .collect::<Result<_, _>>()
-        .map_err(io("reading", abs))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let name = rel.join(e.file_name());
-        let m = std::fs::symlink_metadata(&path).map_err(io("reading", &path))?;
-        h.update(name.as_os_str().as_encoded_bytes());
-        h.update([0]);
-        h.update(m.mode().to_le_bytes());
-        h.update(m.uid().to_le_bytes());
-        h.update(m.gid().to_le_bytes());
-        let ft = m.file_type();
-        if ft.is_symlink() {
-            let t = std::fs::read_link(&path).map_err(io("reading", &path))?;
-            h.update(t.as_os_str().as_encoded_bytes());
-        } else if ft.is_dir() {
-            hash_dir(&path, &name, h)?;
-        } else if ft.is_file() {
-            h.update(m.len().to_le_bytes());
-            let mut f = std::fs::File::open(&path).map_err(io("reading", &path))?;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = f.read(&mut buf).map_err(io("reading", &path))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-        } else if ft.is_block_device() || ft.is_char_device() {
-            h.update(m.rdev().to_le_bytes());
-        }
-        h.update([0xff]);
-    }
-    Ok(())
-}
-
-/// The cached erofs image of a bundle's `rootfs`, keyed by its content
-/// ([`hash_tree`]), built if needed.
+/// The cached erofs image of a bundle's `rootfs`, keyed by the image's own
+/// bytes: the tree is read once, by `mkfs.erofs`, into a private temporary
+/// image (an unpredictable O_EXCL name in the cache); its SHA-256 names the
+/// entry, and it is renamed into place atomically (or dropped when an equal
+/// image is already there). Whatever the image holds (contents, modes,
+/// owners, xattrs, hard links, symlinks) is in the key, and a tree that
+/// changes while it is read cannot put other bytes under a key than the
+/// ones it names. `rootfs` itself must not be a symlink: it is opened with
+/// O_NOFOLLOW and `mkfs.erofs` reads that open directory.
 pub fn rootfs_image(rootfs: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError> {
-    let key = hash_tree(rootfs)?;
+    use std::io::Seek;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    std::fs::create_dir_all(cache_dir).map_err(io("creating cache", cache_dir))?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(rootfs)
+        .map_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
+                RootfsError::NotADirectory {
+                    path: rootfs.to_path_buf(),
+                }
+            } else {
+                io("opening rootfs", rootfs)(e)
+            }
+        })?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".build-")
+        .suffix(".erofs")
+        .tempfile_in(cache_dir)
+        .map_err(io("creating a temporary image in", cache_dir))?;
+    let t = std::time::Instant::now();
+    let fd = dir.as_raw_fd();
+    let mut cmd = Command::new(MKFS_EROFS);
+    cmd.args(["--quiet", "-T0", "-U", CACHE_UUID])
+        .arg(tmp.path())
+        .arg(format!("/proc/self/fd/{fd}"));
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which
+    // is async-signal-safe, on the child's copy of `fd` (open in the
+    // parent until the command has finished).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = cmd.output().map_err(|e| RootfsError::Mkfs {
+        dir: rootfs.to_path_buf(),
+        reason: format!("running {MKFS_EROFS} (apt-get install erofs-utils): {e}"),
+    })?;
+    drop(dir);
+    if !output.status.success() {
+        return Err(RootfsError::Mkfs {
+            dir: rootfs.to_path_buf(),
+            reason: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    let file = tmp.as_file_mut();
+    file.rewind().map_err(io("reading", rootfs))?;
+    let mut h = Sha256::new();
+    std::io::copy(file, &mut h).map_err(io("hashing the image of", rootfs))?;
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let img = cache_dir.join(format!("{key}.erofs"));
     if img.is_file() {
         tracing::debug!(image = %img.display(), "rootfs image cached");
         return Ok(img);
     }
-    std::fs::create_dir_all(cache_dir).map_err(io("creating cache", cache_dir))?;
-    let t = std::time::Instant::now();
-    mkfs_erofs(rootfs, &img, Timestamps::Zero)?;
+    // The VM's (jailed, unprivileged) processes read the image.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io("making readable", tmp.path()))?;
+    tmp.persist(&img)
+        .map_err(|e| io("renaming image", &img)(e.error))?;
     tracing::debug!(image = %img.display(), ms = t.elapsed().as_millis() as u64, "rootfs image built");
     Ok(img)
 }
@@ -256,25 +284,103 @@ pub fn binds_image(
 mod tests {
     use super::*;
 
-    #[test]
-    fn hash_follows_content_not_time() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let r = d.path().join("r");
+    fn have_mkfs(test: &str) -> bool {
+        let ok = crate::host::resolve_binary(Path::new(MKFS_EROFS)).is_some();
+        if !ok {
+            println!("SKIPPED: {test}: no mkfs.erofs");
+        }
+        ok
+    }
+
+    fn tree(d: &Path, name: &str) -> PathBuf {
+        let r = d.join(name);
         std::fs::create_dir_all(r.join("bin")).expect("mkdir");
         std::fs::write(r.join("bin/a"), b"hello").expect("write");
         std::os::unix::fs::symlink("a", r.join("bin/b")).expect("symlink");
-        let h1 = hash_tree(&r).expect("hash");
-        assert_eq!(h1.len(), 32);
-        std::fs::write(r.join("bin/a"), b"hello").expect("rewrite same");
-        assert_eq!(hash_tree(&r).expect("hash"), h1);
-        std::fs::write(r.join("bin/a"), b"hellO").expect("change");
-        assert_ne!(hash_tree(&r).expect("hash"), h1);
+        r
+    }
+
+    #[test]
+    fn image_key_follows_what_the_image_holds_xattrs_and_hard_links_included() {
+        if !have_mkfs("image_key_follows_what_the_image_holds_xattrs_and_hard_links_included") {
+            return;
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        let cache = d.path().join("cache");
+        let base = rootfs_image(&tree(d.path(), "r1"), &cache).expect("build");
+        // Same content elsewhere, later: the same image.
+        let same = tree(d.path(), "r2");
+        assert_eq!(rootfs_image(&same, &cache).expect("build"), base);
+        // Content.
+        let t = tree(d.path(), "content");
+        std::fs::write(t.join("bin/a"), b"hellO").expect("change");
+        assert_ne!(rootfs_image(&t, &cache).expect("build"), base);
+        // An xattr.
+        let t = tree(d.path(), "xattr");
+        let path = std::ffi::CString::new(t.join("bin/a").into_os_string().into_encoded_bytes())
+            .expect("path");
+        // SAFETY: NUL-terminated path and name; the value is a valid buffer
+        // of the given length.
+        let rc = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                c"user.ampoule-test".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+        let with_xattr = rootfs_image(&t, &cache).expect("build");
+        assert_ne!(with_xattr, base, "an xattr changes the key");
+        // A hard link versus a copy of the same bytes.
+        let copy = tree(d.path(), "copy");
+        std::fs::write(copy.join("bin/c"), b"hello").expect("copy");
+        let linked = tree(d.path(), "linked");
+        std::fs::hard_link(linked.join("bin/a"), linked.join("bin/c")).expect("link");
+        assert_ne!(
+            rootfs_image(&copy, &cache).expect("build"),
+            rootfs_image(&linked, &cache).expect("build"),
+            "a hard link changes the key"
+        );
+        // The key is the hash of the bytes in the cache.
+        let bytes = std::fs::read(&with_xattr).expect("read");
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(with_xattr, cache.join(format!("{digest}.erofs")));
+        let names: Vec<_> = std::fs::read_dir(&cache)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with(".erofs") && !n.starts_with('.')),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_rootfs_is_not_followed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let real = tree(d.path(), "real");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let cache = d.path().join("cache");
+        assert!(matches!(
+            rootfs_image(&link, &cache),
+            Err(RootfsError::NotADirectory { .. })
+        ));
+        assert_eq!(std::fs::read_dir(&cache).expect("ls").count(), 0);
     }
 
     #[test]
     fn image_is_built_once_and_cached() {
-        if crate::host::resolve_binary(Path::new(MKFS_EROFS)).is_none() {
-            println!("SKIPPED: image_is_built_once_and_cached: no mkfs.erofs");
+        if !have_mkfs("image_is_built_once_and_cached") {
             return;
         }
         let d = tempfile::tempdir().expect("tempdir");
