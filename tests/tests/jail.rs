@@ -255,20 +255,7 @@ async fn a_jailed_vhost_device_vsock_cannot_reach_the_host_root_or_keep_privileg
         .expect("vhost-device-vsock installed");
     let dir = env.tmp.path().join("s1");
     std::fs::create_dir(&dir).expect("sandbox dir");
-    let vm = VmConfig {
-        kernel: env.config.kernel.clone(),
-        initrd: env.config.initrd.clone(),
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 64,
-        drives: vec![],
-        drive_slots: vec![],
-        vsock_uds: dir.join("vsock.sock"),
-        serial_log: dir.join("serial.log"),
-        dir: dir.clone(),
-        accel: ampoule_runtime::host::Accel::Tcg,
-        jail: JailSettings::from_config(&env.config),
-    };
+    let vm = jailed_vm(&env, &dir);
     let settings = vm.jail.clone().expect("jail on");
     // The cgroup a runtime killed by SIGKILL left behind (its uid is held by
     // nobody) goes when the next sandbox is jailed.
@@ -338,20 +325,7 @@ async fn a_jailed_qemu_is_killed_by_its_sandbox_when_it_forks() {
     let binary = ampoule_runtime::host::resolve_binary(&env.config.qemu).expect("QEMU installed");
     let dir = env.tmp.path().join("s2");
     std::fs::create_dir(&dir).expect("sandbox dir");
-    let vm = VmConfig {
-        kernel: env.config.kernel.clone(),
-        initrd: env.config.initrd.clone(),
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 64,
-        drives: vec![],
-        drive_slots: vec![],
-        vsock_uds: dir.join("vsock.sock"),
-        serial_log: dir.join("serial.log"),
-        dir: dir.clone(),
-        accel: ampoule_runtime::host::Accel::Tcg,
-        jail: JailSettings::from_config(&env.config),
-    };
+    let vm = jailed_vm(&env, &dir);
     let settings = vm.jail.clone().expect("jail on");
     let jail = SandboxJail::create(&vm, &settings).expect("jail");
     let cg = jail.cgroup().dir.clone();
@@ -387,6 +361,26 @@ async fn a_jailed_qemu_is_killed_by_its_sandbox_when_it_forks() {
 }
 
 /// `ampoule check --boot` reports each VM process's jail as /proc shows it.
+
+/// A small TCG VM in `dir`, jailed with `env`'s settings (launched by hand,
+/// not through a sandbox).
+fn jailed_vm(env: &TestEnv, dir: &Path) -> VmConfig {
+    VmConfig {
+        kernel: env.config.kernel.clone(),
+        initrd: env.config.initrd.clone(),
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 64,
+        drives: vec![],
+        drive_slots: vec![],
+        vsock_uds: dir.join("vsock.sock"),
+        serial_log: dir.join("serial.log"),
+        dir: dir.to_path_buf(),
+        accel: ampoule_runtime::host::Accel::Tcg,
+        jail: JailSettings::from_config(&env.config),
+    }
+}
+
 #[test]
 fn check_boot_shows_each_vm_process_jailed() {
     if !vm_test("check_boot_shows_each_vm_process_jailed") {

@@ -20,25 +20,6 @@ use std::time::{Duration, Instant};
 
 const IO_LIMIT: Duration = Duration::from_secs(30);
 
-/// Spawns the VMM on the linux64 test guest with `cmdline`, a serial log,
-/// a vsock socket and a control socket in `s`, plus `extra` flags.
-fn spawn_vmm(s: &Scratch, cmdline: &str, extra: &[&str]) -> VmmChild {
-    let k = guest("linux64");
-    VmmChild(
-        Command::new(VMM)
-            .args(["--kernel", k.to_str().unwrap(), "--cmdline", cmdline])
-            .args(["--vsock-uds", s.path("v.sock").to_str().unwrap()])
-            .args(["--api-sock", s.path("api.sock").to_str().unwrap()])
-            .args(["--serial-log", s.path("serial.log").to_str().unwrap()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ampoule-vmm"),
-    )
-}
-
 /// One control command on a fresh connection; the reply line.
 fn api_call(sock: &Path, line: &str) -> serde_json::Value {
     let mut c = UnixStream::connect(sock).expect("connect control socket");
@@ -161,7 +142,7 @@ fn vsock_tx_flood_keeps_vmm_memory_bounded_and_the_device_serving() {
         return;
     }
     let s = Scratch::new("txflood");
-    let mut child = spawn_vmm(&s, "t=vsock txflood=40000", &["--memory-mib", "32"]);
+    let mut child = spawn_with_sockets(&s, "t=vsock txflood=40000", &["--memory-mib", "32"]);
     let out = wait_for_text(&s.path("serial.log"), "VSOCK-READY", RUN_LIMIT);
     assert!(out.contains("VSOCK flood done n=40000"), "{out}");
     let peak = proc_status(child.id(), "VmHWM");
@@ -195,7 +176,7 @@ fn guest_closing_into_a_stalled_host_reader_does_not_stall_other_connections() {
             .expect("reading the stalled connection");
         got
     });
-    let mut child = spawn_vmm(&s, "t=vsock stallport=5557", &[]);
+    let mut child = spawn_with_sockets(&s, "t=vsock stallport=5557", &[]);
     let out = wait_for_text(&s.path("serial.log"), "VSOCK-READY", RUN_LIMIT);
     let sent: usize = out
         .lines()
@@ -266,7 +247,7 @@ fn huge_shutdown_deadline_does_not_kill_the_vmm() {
         return;
     }
     let s = Scratch::new("deadline");
-    let mut child = spawn_vmm(&s, "t=hang", &[]);
+    let mut child = spawn_with_sockets(&s, "t=hang", &[]);
     let api = s.path("api.sock");
     wait_for_text(&s.path("serial.log"), "HANGING", RUN_LIMIT);
     let r = api_call(&api, &format!("shutdown {}", u64::MAX));
@@ -287,7 +268,7 @@ fn control_socket_serves_a_bounded_number_of_clients() {
     }
     const MAX_CLIENTS: usize = 16;
     let s = Scratch::new("clients");
-    let mut child = spawn_vmm(&s, "t=hang", &[]);
+    let mut child = spawn_with_sockets(&s, "t=hang", &[]);
     let api = s.path("api.sock");
     wait_for_text(&s.path("serial.log"), "HANGING", RUN_LIMIT);
     let threads_before = proc_status(child.id(), "Threads");
@@ -423,7 +404,7 @@ fn guest_connect_to_a_host_listener_with_a_full_backlog_is_refused_without_block
         }
         assert!(queued.len() < 64, "the backlog does not fill");
     }
-    let mut child = spawn_vmm(&s, "t=vsock hostport=5558", &[]);
+    let mut child = spawn_with_sockets(&s, "t=vsock hostport=5558", &[]);
     let out = wait_for_text(&s.path("serial.log"), "VSOCK-READY", RUN_LIMIT);
     assert!(out.contains("VSOCK connect refused"), "{out}");
     // The vsock thread did not wait for that listener.
