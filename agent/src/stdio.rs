@@ -7,7 +7,9 @@
 //! guest for stdin (the host's half-close, or CloseStdin, closes the
 //! process's stdin), guest to host for stdout/stderr (the agent half-closes
 //! the connection once the process side reached EOF, i.e. every writer
-//! exited, and only then does WaitProcess answer). A connection may come
+//! exited; WaitProcess answers after that, or after a short grace once the
+//! process exited if something it left behind still holds the pipe, and
+//! the stream goes on to EOF regardless). A connection may come
 //! before or after the process is created; one that is never claimed is
 //! dropped when its container is deleted.
 

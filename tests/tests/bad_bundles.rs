@@ -14,6 +14,7 @@ const EXIT_USAGE: i32 = 3;
 const EXIT_BUNDLE: i32 = 4;
 const EXIT_UNSAFE_PATH: i32 = 9;
 const EXIT_TOO_LARGE: i32 = 10;
+const EXIT_NAMESPACE: i32 = 11;
 
 /// A bundle with an empty `rootfs/` and `ampoule spec`'s config.json,
 /// edited by `edit`.
@@ -204,6 +205,36 @@ fn bad_bundles_and_ids_are_refused_with_their_own_status_and_write_nothing() {
         "not a regular file",
     ));
 
+    // A podman pod's infra container (runc-style sibling): its namespaces
+    // are another host process's, not in this container's microVM.
+    let b = bundle(&env, "ns-of-sibling", |v| {
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "network"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"}, {"type": "uts"}
+        ]);
+    });
+    cases.push((
+        "ipc namespace of another process",
+        b,
+        "c1",
+        EXIT_NAMESPACE,
+        "joining the ipc namespace of PID 4242 (/proc/4242/ns/ipc) is not possible: it is not \
+         in this container's microVM",
+    ));
+    let b = bundle(&env, "ns-host-netns", |v| {
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "network", "path": "/run/netns/ampoule-test-none"}
+        ]);
+    });
+    cases.push((
+        "host network namespace file",
+        b,
+        "c1",
+        EXIT_NAMESPACE,
+        "network namespaces of the host cannot be joined",
+    ));
+
     let good = bundle(&env, "good", |_| {});
     for id in ["a/b", "..", "../x", "x/../../y", ".", "/abs", ""] {
         cases.push((
@@ -240,4 +271,78 @@ fn bad_bundles_and_ids_are_refused_with_their_own_status_and_write_nothing() {
             );
         }
     }
+}
+
+/// `cmd` run from a shell that sets `LISTEN_FDS` and, as systemd does for
+/// the process it activates, `LISTEN_PID` to the pid that then execs it.
+fn socket_activated(cmd: &std::process::Command) -> std::process::Command {
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$@""#)
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
+#[test]
+fn extra_fds_are_refused_naming_the_flag_before_anything_boots() {
+    let env = CliEnv::new();
+    let outside = env.env.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside dir");
+    let good = bundle(&env, "good", |_| {});
+    let before = written(&env, &outside);
+    let check = |what: &str, out: Output, needle: &str| {
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_USAGE),
+            "{what}: {}",
+            show(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{what}: {needle:?} in {}", show(&out));
+        assert!(
+            err.contains("microVM"),
+            "{what}: the reason in {}",
+            show(&out)
+        );
+        assert_eq!(written(&env, &outside), before, "{what} wrote something");
+    };
+    for cmd in ["create", "run"] {
+        let out = env
+            .cmd()
+            .arg(cmd)
+            .arg("--preserve-fds")
+            .arg("2")
+            .arg("--bundle")
+            .arg(&good)
+            .arg("c1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("ampoule");
+        check(cmd, out, "--preserve-fds 2");
+
+        let mut plain = env.cmd();
+        plain
+            .arg(cmd)
+            .arg("--bundle")
+            .arg(&good)
+            .arg("c1")
+            .stdin(Stdio::null());
+        let out = socket_activated(&plain).output().expect("sh");
+        check(&format!("socket-activated {cmd}"), out, "LISTEN_FDS=1");
+    }
+    let out = env
+        .cmd()
+        .args(["exec", "--preserve-fds", "1", "c1", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ampoule");
+    check("exec", out, "--preserve-fds 1");
 }

@@ -189,6 +189,48 @@ fn create_start_state_kill_delete_with_pid_file_and_states_at_every_step() {
     );
 }
 
+/// Without a pid namespace nothing kills what the init left behind when it
+/// exits; a background `sleep` holding the container's stdout keeps the
+/// output open. As with runc, the container is stopped once its init exits.
+#[test]
+fn a_leftover_holding_stdout_without_a_pid_namespace_does_not_keep_the_container_running() {
+    if !vm_test(
+        "a_leftover_holding_stdout_without_a_pid_namespace_does_not_keep_the_container_running",
+    ) {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let args = ["sh", "-c", "sleep 1000 & echo started; exit 3"];
+    let b = env.bundle("b", &args, |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .retain(|n| n["type"] != "pid");
+    });
+    let out = create(&env, &b, "c1", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.cmd().args(["start", "c1"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_until(60, || env.status("c1") == "stopped"),
+        "status {} after the init exited",
+        env.status("c1")
+    );
+    let out = env.cmd().args(["delete", "c1"]).output().expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(env.state("c1").is_none(), "state gone after delete");
+
+    let out = run_out(&env, "r1", &b);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert!(
+        wait_until(10, || env.leftovers().is_empty()),
+        "left behind: {:#?}",
+        env.leftovers()
+    );
+}
+
 #[test]
 fn exec_ps_and_list_in_a_running_container() {
     if !vm_test("exec_ps_and_list_in_a_running_container") {

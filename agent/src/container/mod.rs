@@ -32,6 +32,13 @@ use process::{ChildStdio, CreateSetup, HelperConfig, NsPlan, Setup};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an exec after Start may take to report its outcome.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long WaitProcess lets a process's output drain after it exited
+/// before answering anyway. Pipes reach EOF as soon as the last writer
+/// dies, so this is only waited in full when a process left behind (no pid
+/// namespace: nothing kills it with the init) still holds the stdout or
+/// stderr. The stream keeps flowing to the host after the answer: the CLI
+/// and the shim drain it under their own bounds.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -132,6 +139,31 @@ pub struct Process {
 impl Process {
     pub fn exited(&self) -> Option<Exit> {
         *self.exit.borrow()
+    }
+
+    /// The process's exit, once it was reaped; its output is given at most
+    /// `grace` more to drain first, so a normal exit answers after the last
+    /// byte was sent but a leftover holding the pipe cannot hold the exit.
+    async fn wait_exit(&self, grace: Duration) -> Exit {
+        let mut exit_rx = self.exit.clone();
+        let exit = match exit_rx.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.unwrap_or(Exit::Code(255)),
+            Err(_) => Exit::Code(255),
+        };
+        let drained = async {
+            for o in &self.outputs {
+                let mut o = o.clone();
+                let _ = o.wait_for(|d| *d).await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::info!(
+                pid = self.pid,
+                "output still open {grace:?} after exit (a process left behind holds it); \
+                 answering the exit, the output keeps flowing"
+            );
+        }
+        exit
     }
 }
 
@@ -776,15 +808,7 @@ impl Manager {
     ) -> Result<api::WaitProcessResponse, ContainerError> {
         let c = self.get(container_id)?;
         let p = c.process(exec_id)?;
-        let mut exit_rx = p.exit.clone();
-        let exit = match exit_rx.wait_for(|e| e.is_some()).await {
-            Ok(e) => e.unwrap_or(Exit::Code(255)),
-            Err(_) => Exit::Code(255),
-        };
-        for o in &p.outputs {
-            let mut o = o.clone();
-            let _ = o.wait_for(|d| *d).await;
-        }
+        let exit = p.wait_exit(OUTPUT_GRACE).await;
         // Killed by the OOM killer itself (SIGKILL), or a shell reporting
         // its OOM-killed child (exit 137), while the cgroup counted a kill.
         let oom_killed = exit.status() == 128 + libc::SIGKILL
@@ -1207,5 +1231,55 @@ mod tests {
                 "{typ}"
             );
         }
+    }
+
+    fn process_with(exit: Option<Exit>, outputs: Vec<watch::Receiver<bool>>) -> Process {
+        Process {
+            pid: 42,
+            exit: watch::channel(exit).1,
+            outputs,
+            stdin_close: Mutex::new(None),
+            pty: None,
+            sync: Mutex::new(None),
+            oom_base: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_exit_is_answered_while_a_leftover_still_holds_the_output_open() {
+        // The writer side never finishes: a background process of the
+        // container still holds its stdout.
+        let (_held_open, out) = watch::channel(false);
+        let p = process_with(Some(Exit::Code(3)), vec![out]);
+        let exit = tokio::time::timeout(Duration::from_secs(3600), p.wait_exit(OUTPUT_GRACE))
+            .await
+            .expect("WaitProcess must not wait for output that never ends");
+        assert_eq!(exit.status(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_that_ends_soon_after_the_exit_is_drained_before_the_answer() {
+        let (done_tx, out) = watch::channel(false);
+        let probe = out.clone();
+        let p = process_with(Some(Exit::Signal(libc::SIGTERM)), vec![out]);
+        tokio::spawn(async move {
+            tokio::time::sleep(OUTPUT_GRACE / 4).await;
+            let _ = done_tx.send(true);
+        });
+        let exit = p.wait_exit(OUTPUT_GRACE).await;
+        assert_eq!(exit.status(), 128 + libc::SIGTERM);
+        assert!(*probe.borrow(), "answered before the output was drained");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_exit_is_answered_before_the_process_is_reaped() {
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let mut p = process_with(None, Vec::new());
+        p.exit = exit_rx;
+        let early =
+            tokio::time::timeout(Duration::from_secs(3600), p.wait_exit(OUTPUT_GRACE)).await;
+        assert!(early.is_err(), "answered an exit for a running process");
+        exit_tx.send(Some(Exit::Code(0))).expect("send");
+        assert_eq!(p.wait_exit(OUTPUT_GRACE).await.status(), 0);
     }
 }

@@ -40,7 +40,7 @@ pub struct CreateArgs {
     /// Unix socket that receives the pty master (process.terminal).
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
-    /// Accepted for runc compatibility: extra fds cannot cross into the VM.
+    /// Refused above 0: extra fds cannot cross into the VM.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
     /// Accepted for runc compatibility (the guest always uses pivot_root).
@@ -129,18 +129,22 @@ fn load_bundle(dir: &Path) -> anyhow::Result<Bundle> {
     Ok(Bundle::load(dir)?)
 }
 
+/// What `create` and `run` refuse before anything is recorded or booted,
+/// beyond what [`Bundle::load`] checks: extra fds and namespace paths.
+fn check_before_boot(a: &CreateArgs, bundle: &Bundle) -> anyhow::Result<()> {
+    super::extra_fds::check_own(a.preserve_fds, true)?;
+    container::namespaces::check_no_host_paths(&bundle.spec)
+        .map_err(container::ContainerError::from)?;
+    Ok(())
+}
+
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
     state::validate_id(&a.id)?;
     let bundle = load_bundle(&a.bundle)?;
     if bundle.terminal() && a.console_socket.is_none() {
         anyhow::bail!("process.terminal is true: --console-socket is required with create");
     }
-    if a.preserve_fds > 0 {
-        tracing::warn!(
-            n = a.preserve_fds,
-            "--preserve-fds: extra fds cannot be passed into the microVM; ignored"
-        );
-    }
+    check_before_boot(&a, &bundle)?;
     let store = register(ctx, &a.id, &bundle)?;
     let pid = match spawn_monitor(ctx, &a.id, &bundle.dir, a.console_socket.as_deref()).await {
         Ok(pid) => pid,
@@ -443,6 +447,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     }
     state::validate_id(&c.id)?;
     let bundle = load_bundle(&c.bundle)?;
+    check_before_boot(&c, &bundle)?;
     let store = register(ctx, &c.id, &bundle)?;
     let p = match prepare(ctx, &c.id, &bundle, c.console_socket.as_deref(), true).await {
         Ok(p) => p,

@@ -30,7 +30,7 @@ pub struct ExecArgs {
     pub pid_file: Option<PathBuf>,
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
-    /// Accepted for runc compatibility: extra fds cannot cross into the VM.
+    /// Refused above 0: extra fds cannot cross into the VM.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
     /// Working directory in the container.
@@ -132,6 +132,7 @@ fn detach_args(ctx: &Ctx, a: &ExecArgs) -> Vec<std::ffi::OsString> {
 }
 
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
+    super::extra_fds::check_own(a.preserve_fds, false)?;
     let s = ctx.store().load(&a.id)?;
     let status = effective_status(&s);
     if status != Status::Running {

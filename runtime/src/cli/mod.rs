@@ -4,6 +4,7 @@
 mod check;
 mod create;
 mod exec;
+mod extra_fds;
 mod logging;
 mod oci;
 mod stdio;
@@ -37,6 +38,9 @@ pub const EXIT_VM: i32 = 8;
 pub const EXIT_UNSAFE_PATH: i32 = 9;
 /// config.json over the size limit.
 pub const EXIT_TOO_LARGE: i32 = 10;
+/// A namespace path in the spec (another host process's namespace, a host
+/// network namespace): nothing of the host can be joined from a microVM.
+pub const EXIT_NAMESPACE: i32 = 11;
 
 /// An operation refused because of the container's state.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +73,12 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
             return match c {
                 ContainerError::UnsafePath { .. } => EXIT_UNSAFE_PATH,
                 ContainerError::ConfigTooLarge { .. } => EXIT_TOO_LARGE,
+                ContainerError::Namespace(_) => EXIT_NAMESPACE,
                 _ => EXIT_BUNDLE,
             };
+        }
+        if cause.downcast_ref::<extra_fds::ExtraFdsError>().is_some() {
+            return EXIT_CONFIG;
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return EXIT_CONFIG;
@@ -304,6 +312,15 @@ mod tests {
         }
         .into();
         assert_eq!(exit_code(&e), EXIT_TOO_LARGE);
+        let e: anyhow::Error = ContainerError::from(
+            ampoule_runtime::container::namespaces::NamespaceError::HostNetwork {
+                path: "/run/netns/x".into(),
+            },
+        )
+        .into();
+        assert_eq!(exit_code(&e.context("create")), EXIT_NAMESPACE);
+        let e: anyhow::Error = extra_fds::ExtraFdsError::PreserveFds(1).into();
+        assert_eq!(exit_code(&e), EXIT_CONFIG);
         let e: anyhow::Error = WrongState("stopped".into()).into();
         assert_eq!(exit_code(&e), EXIT_STATE);
         let e: anyhow::Error = ConfigError::Invalid("x".into()).into();

@@ -1,6 +1,7 @@
 //! Containers on top of a sandbox: the OCI bundle, sandbox sizing from the
 //! spec, rootfs images, and the agent calls that create and run them.
 
+pub mod namespaces;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,8 @@ pub enum ContainerError {
     },
     #[error("{path} is {size} bytes, over the limit of {MAX_CONFIG_BYTES} bytes")]
     ConfigTooLarge { path: PathBuf, size: u64 },
+    #[error(transparent)]
+    Namespace(#[from] namespaces::NamespaceError),
 }
 
 /// Largest config.json accepted: it crosses to the agent in one ttrpc

@@ -1,0 +1,175 @@
+//! Namespace paths in a CLI bundle's `linux.namespaces`.
+//!
+//! A path there is a host path: `/proc/<pid>/ns/<type>` of another host
+//! process (a runc-style sibling, podman's pod infra container) or a
+//! bind-mounted namespace file such as `/run/netns/<name>`. The `ampoule`
+//! CLI gives each container a microVM of its own, so no such namespace is
+//! in the guest, and opening the path there would join whatever the guest
+//! happens to have at it (`/proc/1/ns/ipc` is the agent's own) or fail only
+//! after a VM was booted (a `/run/netns/<name>` path did: the file is not
+//! in the guest). So every path is refused before anything boots, with the
+//! reason.
+//!
+//! Namespaces without a path are new ones in the guest and are untouched:
+//! podman's `--network none` (a `network` entry without a path: a fresh
+//! namespace with only loopback) and host networking (no `network` entry:
+//! the guest's own namespace, which is the VM's and not the host's) keep
+//! working. The shim maps CRI's `/proc/<pod VM pid>/ns/*` paths itself
+//! (shim/src/pids.rs); this check is for the CLI only.
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamespaceError {
+    #[error(
+        "joining the {kind} namespace of PID {pid} ({path}) is not possible: it is not in \
+         this container's microVM"
+    )]
+    OtherProcess {
+        kind: &'static str,
+        pid: String,
+        path: String,
+    },
+    #[error(
+        "joining the network namespace {path} is not possible: network namespaces of the \
+         host cannot be joined from a microVM (pod networking is not supported yet); leave \
+         out its path for a network namespace of the container's own"
+    )]
+    HostNetwork { path: String },
+    #[error(
+        "joining the {kind} namespace {path} is not possible: namespaces of the host cannot \
+         be joined from a microVM; leave out its path for a namespace of the container's own"
+    )]
+    HostPath { kind: &'static str, path: String },
+}
+
+/// The name `/proc/<pid>/ns/` gives a namespace type.
+fn proc_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// The pid of `/proc/<digits>/...`.
+fn proc_pid(path: &str) -> Option<&str> {
+    let tail = path.strip_prefix("/proc/")?;
+    let pid = tail.split('/').next().unwrap_or(tail);
+    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
+}
+
+/// Refuses the first namespace that names a path (see the module doc).
+pub fn check_no_host_paths(spec: &Spec) -> Result<(), NamespaceError> {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    for ns in namespaces.into_iter().flatten() {
+        let Some(path) = ns.path() else { continue };
+        let path = path.to_string_lossy().into_owned();
+        let kind = proc_name(ns.typ());
+        return Err(if let Some(pid) = proc_pid(&path) {
+            NamespaceError::OtherProcess {
+                kind,
+                pid: pid.to_string(),
+                path,
+            }
+        } else if ns.typ() == LinuxNamespaceType::Network {
+            NamespaceError::HostNetwork { path }
+        } else {
+            NamespaceError::HostPath { kind, path }
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: serde_json::Value) -> Spec {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {}
+        });
+        v["linux"]["namespaces"] = namespaces;
+        serde_json::from_value(v).expect("spec")
+    }
+
+    #[test]
+    fn namespaces_without_paths_are_new_ones_and_accepted() {
+        // runc's default, podman's --network none (a network entry without
+        // a path), and host networking (no network entry).
+        let own = spec(serde_json::json!([
+            {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+            {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+        ]));
+        assert_eq!(check_no_host_paths(&own), Ok(()));
+        let host_net = spec(serde_json::json!([{"type": "pid"}, {"type": "mount"}]));
+        assert_eq!(check_no_host_paths(&host_net), Ok(()));
+        let none: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"}
+        }))
+        .expect("spec");
+        assert_eq!(check_no_host_paths(&none), Ok(()));
+    }
+
+    #[test]
+    fn a_namespace_of_another_process_is_refused_naming_its_type_and_pid() {
+        let s = spec(serde_json::json!([
+            {"type": "pid"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+            {"type": "uts", "path": "/proc/4242/ns/uts"}
+        ]));
+        let e = check_no_host_paths(&s).unwrap_err();
+        assert_eq!(
+            e,
+            NamespaceError::OtherProcess {
+                kind: "ipc",
+                pid: "4242".into(),
+                path: "/proc/4242/ns/ipc".into()
+            }
+        );
+        assert!(e
+            .to_string()
+            .starts_with("joining the ipc namespace of PID 4242"));
+        assert!(e.to_string().contains("not in this container's microVM"));
+        let net = spec(serde_json::json!([{"type": "network", "path": "/proc/7/ns/net"}]));
+        assert!(matches!(
+            check_no_host_paths(&net),
+            Err(NamespaceError::OtherProcess { kind: "net", .. })
+        ));
+    }
+
+    #[test]
+    fn a_host_network_namespace_file_is_refused_as_host_networking() {
+        let s = spec(serde_json::json!([{"type": "network", "path": "/run/netns/cni-1"}]));
+        let e = check_no_host_paths(&s).unwrap_err();
+        assert_eq!(
+            e,
+            NamespaceError::HostNetwork {
+                path: "/run/netns/cni-1".into()
+            }
+        );
+        assert!(e.to_string().contains("pod networking"));
+    }
+
+    #[test]
+    fn other_host_paths_are_refused_too() {
+        for path in ["/proc/self/ns/ipc", "/run/ipcns/x", "relative/ns"] {
+            let s = spec(serde_json::json!([{"type": "ipc", "path": path}]));
+            assert_eq!(
+                check_no_host_paths(&s),
+                Err(NamespaceError::HostPath {
+                    kind: "ipc",
+                    path: path.into()
+                }),
+                "{path}"
+            );
+        }
+    }
+}
