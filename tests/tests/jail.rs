@@ -360,8 +360,6 @@ async fn a_jailed_qemu_is_killed_by_its_sandbox_when_it_forks() {
     assert!(!cg.exists(), "cgroup {} removed", cg.display());
 }
 
-/// `ampoule check --boot` reports each VM process's jail as /proc shows it.
-
 /// A small TCG VM in `dir`, jailed with `env`'s settings (launched by hand,
 /// not through a sandbox).
 fn jailed_vm(env: &TestEnv, dir: &Path) -> VmConfig {
@@ -381,6 +379,7 @@ fn jailed_vm(env: &TestEnv, dir: &Path) -> VmConfig {
     }
 }
 
+/// `ampoule check --boot` reports each VM process's jail as /proc shows it.
 #[test]
 fn check_boot_shows_each_vm_process_jailed() {
     if !vm_test("check_boot_shows_each_vm_process_jailed") {
