@@ -774,10 +774,19 @@ static void vs_flood(u32 n) {
         q->desc[2 * i + 1] = (struct vdesc){FLOOD_DATA, FLOOD_LEN, 0, 0};
     }
     u32 posted = 0;
+    int kicked = 0;
     while (posted < n) {
         barrier();
         u16 in_flight = (u16)(q->avail->idx - *(volatile u16 *)&q->used->idx);
-        if (in_flight >= chains) { pause(); continue; }
+        if (in_flight >= chains) {
+            /* Full: make sure the device knows of everything posted before
+             * waiting for it (it may have gone idle between our last
+             * notification and the chains posted since), once per wait. */
+            if (!kicked) { vw(q->base, VM_QNOTIFY, q->index); kicked = 1; }
+            pause();
+            continue;
+        }
+        kicked = 0;
         q->avail->ring[q->avail->idx % q->size] = (u16)(2 * (posted % chains));
         barrier();
         q->avail->idx++;
