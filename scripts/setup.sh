@@ -29,6 +29,7 @@ packages=(
   containerd runc                                                        # shim tests, runc baseline
   protobuf-compiler                                                      # CRI v1 client of the shim tests (k8s-cri)
   python3 gcc make file                                                  # test guests, benches
+  libseccomp-dev libcap-ng-dev                                           # virtiofsd links against both
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -46,6 +47,14 @@ if ! "$prefix/bin/vhost-device-vsock" --version 2>/dev/null | grep -q "$vhost_ve
   log "building vhost-device-vsock $vhost_version (about 70 s)"
   CARGO_TARGET_DIR="${AMPOULE_CACHE:-/var/cache/ampoule}/vhost-device-vsock-target" \
     cargo install --quiet vhost-device-vsock --version "$vhost_version" --locked --root "$prefix"
+fi
+
+# --- virtiofsd (the pod's shared directory over virtio-fs, from crates.io) -----
+virtiofsd_version=1.14.0
+if ! "$prefix/bin/virtiofsd" --version 2>/dev/null | grep -q "$virtiofsd_version"; then
+  log "building virtiofsd $virtiofsd_version (about 3 minutes)"
+  CARGO_TARGET_DIR="${AMPOULE_CACHE:-/var/cache/ampoule}/virtiofsd-target" \
+    cargo install --quiet virtiofsd --version "$virtiofsd_version" --locked --root "$prefix"
 fi
 
 # --- Ampoule binaries ----------------------------------------------------------

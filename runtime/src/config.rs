@@ -70,6 +70,33 @@ impl std::fmt::Display for HypervisorKind {
     }
 }
 
+/// How container files reach the guest (see [`Config::rootfs_sharing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootfsSharing {
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[serde(rename = "erofs")]
+    Erofs,
+}
+
+impl RootfsSharing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootfsSharing::VirtioFs => "virtio-fs",
+            RootfsSharing::Erofs => "erofs",
+        }
+    }
+
+    /// Parses a configuration or annotation value.
+    pub fn parse(s: &str) -> Option<RootfsSharing> {
+        match s {
+            "virtio-fs" => Some(RootfsSharing::VirtioFs),
+            "erofs" => Some(RootfsSharing::Erofs),
+            _ => None,
+        }
+    }
+}
+
 /// QEMU acceleration override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -98,6 +125,14 @@ pub struct Config {
     pub vhost_device_vsock: PathBuf,
     /// `ampoule-vmm` binary.
     pub ampoule_vmm: PathBuf,
+    /// `virtiofsd` binary, which serves the pod's shared directory.
+    pub virtiofsd: PathBuf,
+    /// How container root filesystems and bind mounts reach the guest:
+    /// `virtio-fs` (the host's directories, live both ways) or `erofs`
+    /// (read-only images on virtio-blk with copies of the bind sources; kept
+    /// as a measured alternative, overridable per pod by the annotation
+    /// `io.ampoule.rootfs_sharing`).
+    pub rootfs_sharing: RootfsSharing,
     /// Default number of vCPUs of a sandbox.
     pub vcpus: u32,
     /// Default guest memory of a sandbox, MiB.
@@ -152,6 +187,8 @@ impl Default for Config {
             qemu: PathBuf::from("qemu-system-x86_64"),
             vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
             ampoule_vmm: PathBuf::from("ampoule-vmm"),
+            virtiofsd: PathBuf::from("virtiofsd"),
+            rootfs_sharing: RootfsSharing::VirtioFs,
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),

@@ -58,6 +58,8 @@ pub struct HostFacts {
     pub vhost_device_vsock: Option<PathBuf>,
     /// Resolved `ampoule-vmm`, if found.
     pub ampoule_vmm: Option<PathBuf>,
+    /// Resolved `virtiofsd`, if found.
+    pub virtiofsd: Option<PathBuf>,
     /// The guest kernel file is readable.
     pub kernel_found: bool,
     /// The guest initrd file is readable.
@@ -131,6 +133,7 @@ impl HostFacts {
             qemu: resolve_binary(&config.qemu),
             vhost_device_vsock: resolve_binary(&config.vhost_device_vsock),
             ampoule_vmm: resolve_binary(&config.ampoule_vmm),
+            virtiofsd: resolve_binary(&config.virtiofsd),
             kernel_found: is_readable_file(&config.kernel),
             initrd_found: is_readable_file(&config.initrd),
             host_kernel,
@@ -351,6 +354,7 @@ mod tests {
             qemu: Some("/usr/bin/qemu-system-x86_64".into()),
             vhost_device_vsock: Some("/usr/local/bin/vhost-device-vsock".into()),
             ampoule_vmm: Some("/usr/local/bin/ampoule-vmm".into()),
+            virtiofsd: Some("/usr/local/bin/virtiofsd".into()),
             kernel_found: true,
             initrd_found: true,
             host_kernel: "6.1.0-host".into(),

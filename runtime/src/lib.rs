@@ -19,6 +19,7 @@ pub mod host;
 pub mod host_cgroup;
 pub mod hypervisor;
 pub mod jail;
+pub mod pod;
 pub mod process;
 pub mod sandbox;
 pub mod state;

@@ -21,6 +21,7 @@ use crate::agent_client::{self, AgentClient, AgentError, DEFAULT_CALL_TIMEOUT};
 use crate::config::{self, Config, ConfigError, HypervisorKind};
 use crate::host::{self, BackendChoice, HostError, HostFacts};
 use crate::hypervisor::{self, log_block, Drive, HypervisorError, VmConfig, VM_PROCESS};
+use crate::pod::share_fs::{self, SharedDir};
 use crate::process::{ExitEvent, ProcessGroup};
 use crate::vsock::{self, ReadyListener, StdioStream, VsockError};
 
@@ -70,6 +71,14 @@ pub enum SandboxError {
         /// Tails of the serial log and the VM processes' logs.
         details: String,
     },
+    #[error(
+        "{} not found: the pod's shared directory needs virtiofsd (cargo install virtiofsd, \
+         set virtiofsd in the config, or rootfs_sharing = \"erofs\")",
+        .0.display()
+    )]
+    NoVirtiofsd(PathBuf),
+    #[error("the pod's shared directory: {0}")]
+    SharedDir(#[from] share_fs::ShareFsError),
     #[error("the VM is gone: {0}")]
     VmExited(ExitEvent),
     #[error(transparent)]
@@ -93,6 +102,8 @@ pub struct SandboxSpec {
     pub kernel_params: Vec<String>,
     /// Overrides the configured boot timeout.
     pub boot_timeout: Option<Duration>,
+    /// Give the sandbox a shared directory over virtio-fs (one virtiofsd).
+    pub shared_fs: bool,
 }
 
 /// Where the boot time went, measured from the start of [`Sandbox::start`].
@@ -129,6 +140,7 @@ pub struct Sandbox {
     agent_version: String,
     boot_time: Duration,
     timings: BootTimings,
+    shared: Option<SharedDir>,
     cleaned: bool,
 }
 
@@ -208,7 +220,10 @@ pub fn keep_serial_log(serial: &Path, log_dir: &Path, id: &str, max: u64) -> Pat
     }
 }
 
+/// Removes the sandbox directory and its shared directory (whose mounts
+/// are detached first: nothing is removed through a mount).
 fn remove_dir(dir: &Path) {
+    share_fs::teardown(&share_fs::dir_for(dir));
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -285,6 +300,26 @@ impl Sandbox {
             let tsc_khz = hypervisor::tcg_tuning::host_tsc_khz();
             backend_params.extend(hypervisor::tcg_tuning::tcg_kernel_params(vcpus, tsc_khz));
         }
+        let shared = if spec.shared_fs {
+            let made = facts
+                .virtiofsd
+                .clone()
+                .ok_or_else(|| SandboxError::NoVirtiofsd(config.virtiofsd.clone()))
+                .and_then(|bin| {
+                    SharedDir::create(&dir)
+                        .map(|d| (d, bin))
+                        .map_err(SandboxError::SharedDir)
+                });
+            match made {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    remove_dir(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let vm = VmConfig {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
@@ -298,7 +333,12 @@ impl Sandbox {
             dir: dir.clone(),
             accel: choice.accel,
             jail: crate::jail::JailSettings::from_config(config),
+            shared_fs: shared.as_ref().map(|(d, bin)| hypervisor::SharedFs {
+                dir: d.root().to_path_buf(),
+                virtiofsd: bin.clone(),
+            }),
         };
+        let shared = shared.map(|(d, _)| d);
         let timeout = spec
             .boot_timeout
             .unwrap_or(Duration::from_millis(config.boot_timeout_ms));
@@ -320,6 +360,7 @@ impl Sandbox {
                     agent_version,
                     boot_time,
                     timings,
+                    shared,
                     cleaned: false,
                 })
             }
@@ -441,6 +482,11 @@ impl Sandbox {
     }
     /// The raw ttrpc client. Prefer [`Sandbox::call`], which also notices the
     /// VM dying.
+    /// The pod's shared directory, when the sandbox has one.
+    pub fn shared(&self) -> Option<&SharedDir> {
+        self.shared.as_ref()
+    }
+
     pub fn agent(&self) -> &AgentClient {
         &self.agent
     }

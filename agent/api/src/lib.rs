@@ -57,3 +57,8 @@ pub const READY_PREFIX: &str = "AMPOULE_AGENT_READY";
 
 /// The agent's version, which is this crate's (they are built together).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// virtio-fs tag of the sandbox's shared filesystem.
+pub const SHARED_FS_TAG: &str = "ampoule";
+/// Where the agent mounts the shared filesystem in the guest.
+pub const SHARED_FS_GUEST_DIR: &str = "/run/ampoule/shared";

@@ -717,7 +717,7 @@ mod tests {
         ]"#,
         )
         .expect("mounts");
-        let steps = mounts::plan(&m, rootfs, Some(binds)).expect("plan");
+        let steps = mounts::plan(&m, rootfs, mounts::BindSources::Drive(binds)).expect("plan");
         CreateSetup {
             rootfs: rootfs.to_path_buf(),
             populate_dev: mounts::mounts_dev(&steps, rootfs),

@@ -64,7 +64,10 @@ impl From<rootfs::RootfsError> for ContainerError {
         match e {
             rootfs::RootfsError::NoDevice(_)
             | rootfs::RootfsError::NoLayers
-            | rootfs::RootfsError::BadSerial(_) => ContainerError::InvalidArgument(e.to_string()),
+            | rootfs::RootfsError::BadSerial(_)
+            | rootfs::RootfsError::BadSharedPath(_) => {
+                ContainerError::InvalidArgument(e.to_string())
+            }
             rootfs::RootfsError::Mount { .. } => ContainerError::Internal(e.to_string()),
         }
     }
@@ -518,39 +521,73 @@ impl Manager {
             check_sysctl(key, &namespaces)?;
         }
 
-        // Drives: found by serial; may wait briefly, so off the async threads.
-        let layers = req.rootfs_layers.clone();
-        let binds = req
-            .bind_sources
-            .clone()
-            .into_option()
-            .filter(|b| !b.serial.is_empty());
-        let (drives, bind_drive) = tokio::task::spawn_blocking(move || {
-            let sys_block = Path::new("/sys/block");
-            let to_drive = |b: &api::BlockDevice| -> Result<rootfs::Drive, rootfs::RootfsError> {
-                Ok(rootfs::Drive {
-                    device: rootfs::find_device(sys_block, &b.serial)?,
-                    fstype: if b.fstype.is_empty() {
-                        "erofs".into()
-                    } else {
-                        b.fstype.clone()
-                    },
-                    options: b.options.clone(),
-                })
+        let shared_root = Path::new(api::SHARED_FS_GUEST_DIR);
+        let (rplan, steps) = if !req.shared_rootfs.is_empty() {
+            if !req.rootfs_layers.is_empty() {
+                return Err(ContainerError::InvalidArgument(
+                    "a shared rootfs and rootfs layers were both given".into(),
+                ));
+            }
+            tokio::task::spawn_blocking(|| {
+                rootfs::mount_shared_fs(
+                    &Linux,
+                    api::SHARED_FS_TAG,
+                    Path::new(api::SHARED_FS_GUEST_DIR),
+                )
+            })
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??;
+            let rplan = rootfs::plan_shared(&id, shared_root, &req.shared_rootfs)?;
+            let steps = mounts::plan(
+                spec.mounts().as_deref().unwrap_or(&[]),
+                &rplan.rootfs,
+                mounts::BindSources::Shared {
+                    root: shared_root,
+                    map: &req.shared_binds,
+                },
+            )?;
+            (rplan, steps)
+        } else {
+            // Drives: found by serial; may wait briefly, so off the async threads.
+            let layers = req.rootfs_layers.clone();
+            let binds = req
+                .bind_sources
+                .clone()
+                .into_option()
+                .filter(|b| !b.serial.is_empty());
+            let (drives, bind_drive) = tokio::task::spawn_blocking(move || {
+                let sys_block = Path::new("/sys/block");
+                let to_drive =
+                    |b: &api::BlockDevice| -> Result<rootfs::Drive, rootfs::RootfsError> {
+                        Ok(rootfs::Drive {
+                            device: rootfs::find_device(sys_block, &b.serial)?,
+                            fstype: if b.fstype.is_empty() {
+                                "erofs".into()
+                            } else {
+                                b.fstype.clone()
+                            },
+                            options: b.options.clone(),
+                        })
+                    };
+                let drives = layers.iter().map(to_drive).collect::<Result<Vec<_>, _>>()?;
+                let bind_drive = binds.as_ref().map(to_drive).transpose()?;
+                Ok::<_, rootfs::RootfsError>((drives, bind_drive))
+            })
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??;
+            tracing::debug!(container = %id, uptime_ms = crate::sysinfo::uptime_ms(), ?drives, "drives found");
+            let rplan = rootfs::plan(&id, &drives, bind_drive.as_ref())?;
+            let sources = match rplan.binds.as_deref() {
+                Some(root) => mounts::BindSources::Drive(root),
+                None => mounts::BindSources::AsWritten,
             };
-            let drives = layers.iter().map(to_drive).collect::<Result<Vec<_>, _>>()?;
-            let bind_drive = binds.as_ref().map(to_drive).transpose()?;
-            Ok::<_, rootfs::RootfsError>((drives, bind_drive))
-        })
-        .await
-        .map_err(|e| ContainerError::Internal(e.to_string()))??;
-        tracing::debug!(container = %id, uptime_ms = crate::sysinfo::uptime_ms(), ?drives, "drives found");
-        let rplan = rootfs::plan(&id, &drives, bind_drive.as_ref())?;
-        let steps = mounts::plan(
-            spec.mounts().as_deref().unwrap_or(&[]),
-            &rplan.rootfs,
-            rplan.binds.as_deref(),
-        )?;
+            let steps = mounts::plan(
+                spec.mounts().as_deref().unwrap_or(&[]),
+                &rplan.rootfs,
+                sources,
+            )?;
+            (rplan, steps)
+        };
         let populate_dev = mounts::mounts_dev(&steps, &rplan.rootfs);
         let cg = cgroup::container_dir_for(&id, linux.cgroups_path().as_deref())?;
         self.check_cgroup_free(&cg)?;

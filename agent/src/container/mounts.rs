@@ -1,6 +1,7 @@
 //! The container's mounts: OCI `mounts` turned into a plan the helper
 //! executes before pivot_root, plus `/dev`, masked and read-only paths.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -12,6 +13,10 @@ pub enum MountError {
     BadDestination(PathBuf),
     #[error("bind mount source {0:?} must not contain `..`")]
     BadSource(PathBuf),
+    #[error(
+        "bind mount source {0:?} is not in the sandbox's shared filesystem: the host did not share it"
+    )]
+    NotShared(PathBuf),
     #[error("mount at {0:?} has no type and is not a bind mount")]
     NoType(PathBuf),
     #[error("linux.devices: {path:?} has type {typ:?}; a node is c, u, b or p")]
@@ -147,13 +152,48 @@ pub fn clean_relative(dest: &Path) -> Option<PathBuf> {
     absolute.then_some(out)
 }
 
+/// Where the sources of bind mounts are found in the guest.
+#[derive(Debug, Clone, Copy)]
+pub enum BindSources<'a> {
+    /// As written in the spec (guest paths).
+    AsWritten,
+    /// Copied by the host into a drive mounted here: source S is `<root>/<S>`.
+    Drive(&'a Path),
+    /// Shared live by the host through the shared filesystem mounted at
+    /// `root`: source S is `<root>/<map[S]>`; a source not in `map` is refused.
+    Shared {
+        root: &'a Path,
+        map: &'a HashMap<String, String>,
+    },
+}
+
+impl BindSources<'_> {
+    fn resolve(&self, src: &Path) -> Result<PathBuf, MountError> {
+        match self {
+            BindSources::AsWritten => Ok(src.to_path_buf()),
+            BindSources::Drive(root) => Ok(root.join(src.strip_prefix("/").unwrap_or(src))),
+            BindSources::Shared { root, map } => {
+                let rel = src
+                    .to_str()
+                    .and_then(|s| map.get(s))
+                    .ok_or_else(|| MountError::NotShared(src.to_path_buf()))?;
+                // The host writes relative paths; one that is not cannot
+                // leave the shared filesystem either.
+                let clean = clean_relative(&Path::new("/").join(rel))
+                    .filter(|c| !c.as_os_str().is_empty() && !rel.starts_with('/'))
+                    .ok_or_else(|| MountError::BadSource(PathBuf::from(rel)))?;
+                Ok(root.join(clean))
+            }
+        }
+    }
+}
+
 /// The mount plan for OCI `mounts`. `rootfs` is where the container's root
-/// is mounted in the agent; bind sources are taken from `bind_root` (the
-/// bind sources drive) when there is one.
+/// is mounted in the agent; bind sources are found as `sources` says.
 pub fn plan(
     mounts: &[oci_spec::runtime::Mount],
     rootfs: &Path,
-    bind_root: Option<&Path>,
+    sources: BindSources<'_>,
 ) -> Result<Vec<MountStep>, MountError> {
     let mut steps = Vec::with_capacity(mounts.len());
     for m in mounts {
@@ -170,10 +210,7 @@ pub fn plan(
             if src.components().any(|c| c == Component::ParentDir) {
                 return Err(MountError::BadSource(src));
             }
-            let source = match bind_root {
-                Some(root) => root.join(src.strip_prefix("/").unwrap_or(&src)),
-                None => src,
-            };
+            let source = sources.resolve(&src)?;
             let first = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
             let rest = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
             steps.push(MountStep {
@@ -359,7 +396,7 @@ mod tests {
         ]"#,
         );
         let root = Path::new("/run/ampoule/c/rootfs");
-        let p = plan(&m, root, None).expect("plan");
+        let p = plan(&m, root, BindSources::AsWritten).expect("plan");
         assert_eq!(p[0].target, root.join("proc"));
         assert_eq!(p[0].fstype.as_deref(), Some("proc"));
         assert_eq!(p[1].data.as_deref(), Some("mode=755,size=65536k"));
@@ -381,7 +418,12 @@ mod tests {
         let m = mounts(
             r#"[{"destination":"/data","type":"bind","source":"/host/data","options":["rbind","ro","nosuid"]}]"#,
         );
-        let p = plan(&m, Path::new("/r"), Some(Path::new("/run/ampoule/c/binds"))).expect("plan");
+        let p = plan(
+            &m,
+            Path::new("/r"),
+            BindSources::Drive(Path::new("/run/ampoule/c/binds")),
+        )
+        .expect("plan");
         assert_eq!(
             p[0].source.as_deref(),
             Some(Path::new("/run/ampoule/c/binds/host/data"))
@@ -398,11 +440,50 @@ mod tests {
     }
 
     #[test]
+    fn shared_bind_sources_come_from_the_shared_filesystem_and_unlisted_ones_are_refused() {
+        let m = mounts(
+            r#"[{"destination":"/data","type":"bind","source":"/var/lib/kubelet/pods/x/volumes/data","options":["rbind"]},
+                {"destination":"/etc/hosts","type":"bind","source":"/h/hosts","options":["rbind","ro"]}]"#,
+        );
+        let root = Path::new("/run/ampoule/shared");
+        let mut map = HashMap::new();
+        map.insert(
+            "/var/lib/kubelet/pods/x/volumes/data".to_string(),
+            "volumes/1a2b".to_string(),
+        );
+        map.insert("/h/hosts".to_string(), "volumes/3c4d".to_string());
+        let p = plan(&m, Path::new("/r"), BindSources::Shared { root, map: &map }).expect("plan");
+        assert_eq!(
+            p[0].source.as_deref(),
+            Some(Path::new("/run/ampoule/shared/volumes/1a2b"))
+        );
+        assert_eq!(
+            p[1].source.as_deref(),
+            Some(Path::new("/run/ampoule/shared/volumes/3c4d"))
+        );
+        map.remove("/h/hosts");
+        assert_eq!(
+            plan(&m, Path::new("/r"), BindSources::Shared { root, map: &map }).err(),
+            Some(MountError::NotShared("/h/hosts".into()))
+        );
+        for bad in ["../etc", "/etc", "volumes/../../x", ""] {
+            map.insert("/h/hosts".to_string(), bad.to_string());
+            assert!(
+                matches!(
+                    plan(&m, Path::new("/r"), BindSources::Shared { root, map: &map }),
+                    Err(MountError::BadSource(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn plain_bind_has_no_remount() {
         let m = mounts(
             r#"[{"destination":"/etc/hosts","type":"none","source":"/h","options":["bind"]}]"#,
         );
-        let p = plan(&m, Path::new("/r"), None).expect("plan");
+        let p = plan(&m, Path::new("/r"), BindSources::AsWritten).expect("plan");
         assert!(p[0].bind);
         assert_eq!(p[0].remount_flags, None);
         assert_eq!(p[0].source.as_deref(), Some(Path::new("/h")));
@@ -412,17 +493,17 @@ mod tests {
     fn destinations_and_sources_cannot_climb_out() {
         let m = mounts(r#"[{"destination":"/../../etc","type":"tmpfs"}]"#);
         assert!(matches!(
-            plan(&m, Path::new("/r"), None),
+            plan(&m, Path::new("/r"), BindSources::AsWritten),
             Err(MountError::BadDestination(_))
         ));
         let m = mounts(r#"[{"destination":"relative","type":"tmpfs"}]"#);
         assert!(matches!(
-            plan(&m, Path::new("/r"), None),
+            plan(&m, Path::new("/r"), BindSources::AsWritten),
             Err(MountError::BadDestination(_))
         ));
         let m = mounts(r#"[{"destination":"/x","type":"bind","source":"/a/../../../etc"}]"#);
         assert!(matches!(
-            plan(&m, Path::new("/r"), Some(Path::new("/b"))),
+            plan(&m, Path::new("/r"), BindSources::Drive(Path::new("/b"))),
             Err(MountError::BadSource(_))
         ));
     }

@@ -27,6 +27,8 @@ pub enum RootfsError {
     NoDevice(String),
     #[error("the container has no rootfs layer")]
     NoLayers,
+    #[error("shared rootfs path {0:?} must be relative, without `..`")]
+    BadSharedPath(String),
     #[error("invalid drive serial {0:?}")]
     BadSerial(String),
     #[error("{what} {path}: {source}")]
@@ -142,6 +144,62 @@ pub fn plan(
         mkdirs,
         steps,
     })
+}
+
+/// Plans a rootfs shared by the host: the directory `rel` of the shared
+/// filesystem (mounted at `shared_root`), bound as the container's root.
+/// Writes land on the host; a read-only root is remounted read-only by the
+/// helper like any other.
+pub fn plan_shared(container_id: &str, shared_root: &Path, rel: &str) -> Result<Plan, RootfsError> {
+    let clean = super::mounts::clean_relative(&Path::new("/").join(rel))
+        .filter(|c| !c.as_os_str().is_empty() && !rel.starts_with('/'))
+        .ok_or_else(|| RootfsError::BadSharedPath(rel.to_string()))?;
+    let base = base_dir(container_id);
+    let rootfs = base.join("rootfs");
+    Ok(Plan {
+        base,
+        rootfs: rootfs.clone(),
+        binds: None,
+        mkdirs: vec![rootfs.clone()],
+        steps: vec![Step {
+            source: shared_root.join(clean),
+            target: rootfs,
+            fstype: "none".into(),
+            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+            data: None,
+        }],
+    })
+}
+
+/// Mounts the sandbox's shared filesystem (virtio-fs) at `dir` once; later
+/// calls find it mounted.
+pub fn mount_shared_fs(sys: &dyn Syscall, tag: &str, dir: &Path) -> Result<(), RootfsError> {
+    static MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    if *mounted {
+        return Ok(());
+    }
+    let err = |what, source| RootfsError::Mount {
+        what,
+        path: dir.to_path_buf(),
+        source,
+    };
+    sys.mkdir_all(dir).map_err(|e| err("mkdir", e))?;
+    sys.mount(
+        Some(Path::new(tag)),
+        dir,
+        Some("virtiofs"),
+        MsFlags::MS_NODEV,
+        None,
+    )
+    .map_err(|e| {
+        err(
+            "mount virtio-fs",
+            std::io::Error::new(e.kind(), format!("tag {tag:?}: {e}")),
+        )
+    })?;
+    *mounted = true;
+    Ok(())
 }
 
 /// Mounts the plan: a tmpfs on the base dir, then each step. On failure
@@ -315,6 +373,30 @@ mod tests {
             "{calls:?}"
         );
         assert!(!calls.iter().any(|c| *c == Call::Flush("overlay".into())));
+    }
+
+    #[test]
+    fn shared_rootfs_is_bound_from_the_shared_filesystem() {
+        let p = plan_shared("c", Path::new("/run/ampoule/shared"), "containers/c/rootfs")
+            .expect("plan");
+        assert_eq!(p.steps.len(), 1);
+        assert_eq!(
+            p.steps[0].source,
+            Path::new("/run/ampoule/shared/containers/c/rootfs")
+        );
+        assert_eq!(p.steps[0].target, p.rootfs);
+        assert!(p.steps[0]
+            .flags
+            .contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        for bad in ["/etc", "../x", "a/../../x", ""] {
+            assert!(
+                matches!(
+                    plan_shared("c", Path::new("/s"), bad),
+                    Err(RootfsError::BadSharedPath(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use ampoule_runtime::agent_client;
 use ampoule_runtime::api;
+use ampoule_runtime::config::RootfsSharing;
 use ampoule_runtime::container::{self, rootfs, Bundle};
+use ampoule_runtime::pod::share_fs;
 use ampoule_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec};
 use ampoule_runtime::state::{self, ContainerState, Status, Store};
 use anyhow::Context;
@@ -199,31 +201,71 @@ async fn prepare(
     let store = ctx.store();
     let state_dir = store.dir(id);
     let t0 = std::time::Instant::now();
-    let image = rootfs::rootfs_image(&bundle.rootfs, &ctx.config.cache_dir)
-        .map_err(container::ContainerError::from)?;
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rootfs image ready");
-    let binds = bundle.bind_sources();
-    let binds_image = if binds.is_empty() {
-        None
-    } else {
-        let out = state_dir.join("binds.erofs");
-        rootfs::binds_image(&binds, &state_dir.join("binds-staging"), &out)
-            .map_err(container::ContainerError::from)?;
-        Some(out)
-    };
+    let sharing = container::rootfs_sharing(&bundle.spec, &ctx.config)?;
     let (vcpus, memory_mib) = container::sandbox_size(&bundle.spec, &ctx.config)?;
-    let spec = SandboxSpec {
+    let mut spec = SandboxSpec {
         id: Some(sandbox_id(&ctx.root, id)),
         vcpus: Some(vcpus),
         memory_mib: Some(memory_mib),
-        drives: container::drives(&image, binds_image.as_deref()),
         ..Default::default()
+    };
+    let terminal = bundle.terminal();
+    let cfg = container::stdio_config(terminal);
+    let mut binds_image = None;
+    let req = match sharing {
+        RootfsSharing::VirtioFs => {
+            // A bad bind source is refused before anything boots.
+            let (_, plan) = share_fs::container::plan_binds(&bundle.config_json, Some(&bundle.dir))
+                .map_err(container::ContainerError::from)?;
+            share_fs::volumes::check_sources(&plan).map_err(container::ContainerError::from)?;
+            spec.shared_fs = true;
+            None
+        }
+        RootfsSharing::Erofs => {
+            let image = rootfs::rootfs_image(&bundle.rootfs, &ctx.config.cache_dir)
+                .map_err(container::ContainerError::from)?;
+            tracing::debug!(ms = t0.elapsed().as_millis() as u64, "rootfs image ready");
+            let binds = bundle.bind_sources();
+            if !binds.is_empty() {
+                let out = state_dir.join("binds.erofs");
+                rootfs::binds_image(&binds, &state_dir.join("binds-staging"), &out)
+                    .map_err(container::ContainerError::from)?;
+                binds_image = Some(out);
+            }
+            spec.drives = container::drives(&image, binds_image.as_deref());
+            Some(container::create_request(
+                id,
+                bundle,
+                cfg.clone(),
+                binds_image.is_some(),
+            ))
+        }
     };
     let sandbox = Sandbox::start(&ctx.config, spec).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
-    let terminal = bundle.terminal();
-    let cfg = container::stdio_config(terminal);
-    let req = container::create_request(id, bundle, cfg.clone(), binds_image.is_some());
+    let req = match (req, sandbox.shared()) {
+        (Some(r), _) => r,
+        (None, Some(shared)) => {
+            let rootfs = share_fs::RootfsSource::Dir(bundle.rootfs.clone());
+            match share_fs::container::share(
+                shared,
+                id,
+                &rootfs,
+                &bundle.config_json,
+                Some(&bundle.dir),
+            ) {
+                Ok(files) => share_fs::container::create_request(id, files, cfg.clone()),
+                Err(e) => {
+                    sandbox.stop().await;
+                    return Err(anyhow::Error::new(e).context(format!("create container {id:?}")));
+                }
+            }
+        }
+        (None, None) => {
+            sandbox.stop().await;
+            anyhow::bail!("internal: the sandbox has no shared directory");
+        }
+    };
     // The streams are opened while the agent creates the container: it
     // holds connections that arrive before the process exists.
     let (created, streams) = tokio::join!(

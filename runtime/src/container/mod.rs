@@ -14,6 +14,9 @@ use crate::hypervisor::Drive;
 
 /// Annotation overriding the sandbox's vCPUs.
 pub const ANNOTATION_VCPUS: &str = "io.ampoule.vcpus";
+/// Annotation choosing how the pod's container files reach the guest
+/// (`virtio-fs` or `erofs`, as the `rootfs_sharing` configuration key).
+pub const ANNOTATION_ROOTFS_SHARING: &str = "io.ampoule.rootfs_sharing";
 /// Annotation overriding the sandbox's memory, MiB.
 pub const ANNOTATION_MEMORY: &str = "io.ampoule.memory_mib";
 /// Drive id (and guest serial) of the rootfs image.
@@ -58,6 +61,8 @@ pub enum ContainerError {
     ConfigTooLarge { path: PathBuf, size: u64 },
     #[error(transparent)]
     Namespace(#[from] namespaces::NamespaceError),
+    #[error(transparent)]
+    SharedDir(#[from] crate::pod::share_fs::ShareFsError),
 }
 
 /// Largest config.json accepted: it crosses to the agent in one ttrpc
@@ -252,6 +257,23 @@ impl Bundle {
             }
         }
         out
+    }
+}
+
+/// How the pod's container files reach the guest: the annotation
+/// [`ANNOTATION_ROOTFS_SHARING`], else the configuration.
+pub fn rootfs_sharing(
+    spec: &Spec,
+    config: &Config,
+) -> Result<config::RootfsSharing, ContainerError> {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match annotations.get(ANNOTATION_ROOTFS_SHARING) {
+        None => Ok(config.rootfs_sharing),
+        Some(v) => config::RootfsSharing::parse(v).ok_or_else(|| ContainerError::BadAnnotation {
+            key: ANNOTATION_ROOTFS_SHARING.into(),
+            value: v.clone(),
+            reason: "virtio-fs or erofs expected".into(),
+        }),
     }
 }
 

@@ -121,6 +121,7 @@ mod tests {
             serial_log: "/run/s/serial.log".into(),
             accel: Accel::Kvm,
             jail: None,
+            shared_fs: None,
         };
         let a: Vec<String> = vmm_argv(&vm, 4096)
             .into_iter()

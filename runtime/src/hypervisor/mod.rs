@@ -70,6 +70,17 @@ pub struct VmConfig {
     pub accel: Accel,
     /// How to jail the VM's host processes; `None` runs them unjailed.
     pub jail: Option<crate::jail::JailSettings>,
+    /// The pod's shared directory over virtio-fs, if the sandbox has one.
+    pub shared_fs: Option<SharedFs>,
+}
+
+/// A shared directory served by `virtiofsd` into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFs {
+    /// The host directory (see [`crate::pod::share_fs`]).
+    pub dir: PathBuf,
+    /// The `virtiofsd` binary.
+    pub virtiofsd: PathBuf,
 }
 
 impl VmConfig {

@@ -114,6 +114,18 @@ pub fn qemu_argv(vm: &VmConfig) -> Vec<OsString> {
         "-device".into(),
         "vhost-user-vsock-device,chardev=vs".into(),
     ]);
+    if vm.shared_fs.is_some() {
+        let sock = crate::pod::share_fs::virtiofsd::socket_path(&vm.dir);
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", opt_value(&sock)),
+            "-device".into(),
+            format!(
+                "vhost-user-fs-device,chardev=fs0,tag={}",
+                ampoule_agent_api::SHARED_FS_TAG
+            ),
+        ]);
+    }
     for (n, d) in vm.drives.iter().enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
         a.extend([
@@ -193,6 +205,8 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
 
+        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, jail.as_ref().map(|j| j.uid()))?;
+
         let mut qemu = match &jail {
             Some(j) => j.confine(JailedProcess::Qemu, vm, &self.qemu)?.command(),
             None => Command::new(&self.qemu),
@@ -255,6 +269,7 @@ mod tests {
             serial_log: "/run/s/1/serial.log".into(),
             accel,
             jail: None,
+            shared_fs: None,
         }
     }
 

@@ -264,6 +264,7 @@ mod tests {
             serial_log: "/run/ampoule/vm/s1/serial.log".into(),
             accel,
             jail: None,
+            shared_fs: None,
         }
     }
 

@@ -1,0 +1,5 @@
+//! The pod service's resources. Each resource a sandbox holds has a folder
+//! of its own: `share_fs` is the pod's shared directory (container root
+//! filesystems and bind mounts, served to the guest by virtiofsd).
+
+pub mod share_fs;
