@@ -73,6 +73,11 @@ pub async fn cleanup_vm(record: &VmRecord) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The shared directory's mounts are detached before anything goes; it
+    // is never removed recursively.
+    ampoule_runtime::pod::share_fs::teardown(&ampoule_runtime::pod::share_fs::dir_for(
+        &record.vm_dir,
+    ));
     for dir in [&record.vm_dir, &record.slot_dir] {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {

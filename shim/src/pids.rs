@@ -60,6 +60,18 @@ pub fn guest_namespace_paths(
             continue;
         };
         let Some((pid, rest)) = proc_pid_path(path) else {
+            if ns.get("type").and_then(Value::as_str) == Some("network") {
+                // The pod's own network namespace on the host (CNI's
+                // /var/run/netns/cni-...): it cannot be opened in the guest.
+                // The container gets a network namespace of its own in the
+                // guest, which the pod's later containers join through the
+                // /proc paths above.
+                tracing::info!(path, "pod network namespace: a new one in the guest");
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
+                }
+                rewritten += 1;
+            }
             continue;
         };
         if vm_pid == 0 || pid.parse::<u32>().ok() != Some(vm_pid) {
@@ -154,9 +166,21 @@ mod tests {
     }
 
     #[test]
+    fn the_pods_host_network_namespace_becomes_a_new_one_in_the_guest() {
+        // What CRI gives the sandbox container of a pod with its own network.
+        let mut spec = json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1234"},
+            {"type": "ipc"}
+        ]}});
+        assert_eq!(guest_namespace_paths(&mut spec, 4242, None), Ok(1));
+        assert_eq!(paths(&spec), vec![None, None, None]);
+        assert_eq!(spec["linux"]["namespaces"][1]["type"], "network");
+    }
+
+    #[test]
     fn other_paths_and_specs_without_namespaces_are_left_alone() {
         let mut spec = json!({"linux": {"namespaces": [
-            {"type": "network", "path": "/var/run/netns/cni-1"},
             {"type": "ipc", "path": "/proc/self/ns/ipc"},
             {"type": "uts", "path": "/procfs/4242/ns/uts"}
         ]}});

@@ -13,6 +13,7 @@ use ampoule_runtime::{Config, Sandbox, SandboxError, SandboxSpec};
 
 use crate::io::{GuestStreams, StdioPaths};
 use ampoule_runtime::container::rootfs::{self, RootfsError};
+use ampoule_runtime::pod::share_fs::{self, RootfsSource};
 
 /// WaitProcess blocks until the process ends: no deadline of its own.
 const WAIT_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -27,6 +28,8 @@ pub enum VmError {
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Container(#[from] ampoule_runtime::container::ContainerError),
+    #[error(transparent)]
+    SharedDir(#[from] share_fs::ShareFsError),
 }
 
 impl VmError {
@@ -102,7 +105,30 @@ impl Pod {
         id: &str,
         sizes: (Option<u32>, Option<u32>),
         layer_images: &[PathBuf],
+        shared_fs: bool,
     ) -> Result<(Pod, Vec<api::BlockDevice>), VmError> {
+        if shared_fs {
+            // Container files come through the shared directory: no images,
+            // no drive slots, no limit on containers.
+            let spec = SandboxSpec {
+                id: Some(id.to_string()),
+                vcpus: sizes.0,
+                memory_mib: sizes.1,
+                shared_fs: true,
+                ..Default::default()
+            };
+            let sandbox = Sandbox::start(config, spec).await?;
+            return Ok((
+                Pod {
+                    sandbox,
+                    slots: Mutex::new(Vec::new()),
+                    slot_dir: slot_dir(config, id),
+                    log_dir: config.log_dir.clone(),
+                    serial_log_max: config.serial_log_max_bytes,
+                },
+                Vec::new(),
+            ));
+        }
         let slot_dir = slot_dir(config, id);
         let _ = std::fs::remove_dir_all(&slot_dir);
         std::fs::create_dir_all(&slot_dir).map_err(|source| RootfsError::Io {
@@ -280,6 +306,49 @@ impl Pod {
             )
             .await?;
         Ok(r.pid)
+    }
+
+    /// Whether container files reach this pod through its shared directory.
+    pub fn shares_files(&self) -> bool {
+        self.sandbox.shared().is_some()
+    }
+
+    /// Mounts the container's rootfs and bind sources into the pod's
+    /// shared directory and creates the container on them.
+    pub async fn create_shared_container(
+        &self,
+        id: &str,
+        rootfs: RootfsSource,
+        oci_spec: Vec<u8>,
+        stdio: &StdioPaths,
+    ) -> Result<u32, VmError> {
+        let shared = self.sandbox.shared().ok_or_else(|| {
+            share_fs::ShareFsError::BadRootfs("the pod has no shared directory".into())
+        })?;
+        let files = share_fs::container::share(shared, id, &rootfs, &oci_spec, None)?;
+        let req = share_fs::container::create_request(id, files, stdio_config(stdio));
+        let r = self
+            .sandbox
+            .call(
+                "CreateContainer",
+                self.agent()
+                    .create_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
+            )
+            .await;
+        match r {
+            Ok(r) => Ok(r.pid),
+            Err(e) => {
+                shared.remove_container(id);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unmounts what the container had in the shared directory.
+    pub fn unshare_container(&self, id: &str) {
+        if let Some(shared) = self.sandbox.shared() {
+            shared.remove_container(id);
+        }
     }
 
     fn container_req(id: &str) -> api::ContainerRequest {

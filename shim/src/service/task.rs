@@ -29,6 +29,7 @@ use crate::status::{not_found, status, vm_error, Op};
 use crate::vm::{self, Pod, VmError};
 use ampoule_runtime::container::rootfs::{self, MountSpec};
 use ampoule_runtime::container::{self, ContainerError};
+use ampoule_runtime::pod::share_fs;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -260,6 +261,7 @@ impl TaskService {
         spec: &serde_json::Value,
         config: &ampoule_runtime::Config,
         images: &[PathBuf],
+        shared_fs: bool,
     ) -> Result<(Arc<Pod>, Vec<ampoule_agent_api::BlockDevice>), VmError> {
         // The pod's size: the runtime's rule (annotations io.ampoule.vcpus /
         // io.ampoule.memory_mib, else the configured default or what the
@@ -270,7 +272,14 @@ impl TaskService {
                 message: e.to_string(),
             })?;
         let (vcpus, memory_mib) = container::sandbox_size(&oci, config)?;
-        let (pod, devices) = Pod::boot(config, id, (Some(vcpus), Some(memory_mib)), images).await?;
+        let (pod, devices) = Pod::boot(
+            config,
+            id,
+            (Some(vcpus), Some(memory_mib)),
+            images,
+            shared_fs,
+        )
+        .await?;
         let pod = Arc::new(pod);
         tracing::info!(
             sandbox = %id,
@@ -536,15 +545,41 @@ impl TaskService {
         let config = vm::load_config(lock(&self.inner.config_path).as_deref())
             .map_err(|e| vm_error(op, &e))?;
 
-        // The rootfs image, and the bind sources image (the spec's bind
-        // mounts are rewritten where they cannot cross into the guest).
-        let mut images = self
-            .layer_images(&config, mounts, &bundle)
-            .await
-            .map_err(|e| vm_error(op, &e))?;
-        let binds_dir = vm::binds_dir(&config);
-        let binds_name = start::hash_hex(&[&self.inner.namespace, &id])[..24].to_string();
-        let binds = {
+        // How this container's files reach the guest: a running pod
+        // decided at boot; a new one by annotation or configuration.
+        let existing_shares = lock(&self.inner.pod).as_ref().map(|p| p.shares_files());
+        let shared_fs = match existing_shares {
+            Some(s) => s,
+            None => {
+                let oci: oci_spec::runtime::Spec = serde_json::from_value(spec.clone())
+                    .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{op}: {e}")))?;
+                container::rootfs_sharing(&oci, &config)
+                    .map_err(|e| vm_error(op, &VmError::from(e)))?
+                    == ampoule_runtime::config::RootfsSharing::VirtioFs
+            }
+        };
+        let mut images = Vec::new();
+        let mut binds = None;
+        let shared_rootfs = if shared_fs {
+            // A bad bind source is refused before anything boots.
+            let (_, plan) = share_fs::container::plan_binds(&raw_spec, None)
+                .map_err(|e| vm_error(op, &VmError::from(e)))?;
+            share_fs::volumes::check_sources(&plan).map_err(|e| vm_error(op, &VmError::from(e)))?;
+            Some(if mounts.is_empty() {
+                // No snapshotter mounts: the bundle's own rootfs directory.
+                share_fs::RootfsSource::Dir(bundle.join("rootfs"))
+            } else {
+                share_fs::RootfsSource::Mounts(mounts)
+            })
+        } else {
+            // The rootfs image, and the bind sources image (the spec's bind
+            // mounts are rewritten where they cannot cross into the guest).
+            images = self
+                .layer_images(&config, mounts, &bundle)
+                .await
+                .map_err(|e| vm_error(op, &e))?;
+            let binds_dir = vm::binds_dir(&config);
+            let binds_name = start::hash_hex(&[&self.inner.namespace, &id])[..24].to_string();
             let dir = binds_dir.clone();
             let name = binds_name.clone();
             let r = tokio::task::spawn_blocking(move || {
@@ -560,17 +595,22 @@ impl TaskService {
             .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
             let (img, s) = r.map_err(|e| vm_error(op, &VmError::from(e)))?;
             spec = s;
-            img
+            binds = img;
+            images.extend(binds.clone());
+            None
         };
         let with_binds = binds.is_some();
-        images.extend(binds.clone());
 
         let (pod, mut devices, owns_vm) = {
             let _g = self.inner.boot.lock().await;
             let existing = lock(&self.inner.pod).clone();
             match existing {
                 Some(pod) => {
-                    let devices = pod.attach_layers(&images).map_err(|e| vm_error(op, &e))?;
+                    let devices = if pod.shares_files() {
+                        Vec::new()
+                    } else {
+                        pod.attach_layers(&images).map_err(|e| vm_error(op, &e))?
+                    };
                     (pod, devices, false)
                 }
                 None => {
@@ -578,7 +618,7 @@ impl TaskService {
                         tracing::warn!(container = %id, sandbox = %group, "pod container without its sandbox: booting a VM for it");
                     }
                     let (pod, devices) = self
-                        .boot_pod(&id, &bundle, &spec, &config, &images)
+                        .boot_pod(&id, &bundle, &spec, &config, &images, shared_fs)
                         .await
                         .map_err(|e| vm_error(op, &e))?;
                     *lock(&self.inner.pod) = Some(pod.clone());
@@ -612,10 +652,14 @@ impl TaskService {
                 .map_err(|e| vm_error(op, &e))?;
             let io = ProcessIo::start(&stdio, streams, &id)
                 .map_err(|e| status(Code::INTERNAL, format!("{op}: {e}")))?;
-            let pid = pod
-                .create_container(&id, raw_spec, devices, bind_device, &stdio)
-                .await
-                .map_err(|e| vm_error(op, &e))?;
+            let pid = match shared_rootfs {
+                Some(rootfs) => pod.create_shared_container(&id, rootfs, raw_spec, &stdio).await,
+                None => {
+                    pod.create_container(&id, raw_spec, devices, bind_device, &stdio)
+                        .await
+                }
+            }
+            .map_err(|e| vm_error(op, &e))?;
             Ok((pid, io))
         }
         .await;
@@ -784,6 +828,7 @@ impl Task for TaskService {
                         tracing::warn!(container = %id, error = %e, "DeleteContainer");
                     }
                 }
+                pod.unshare_container(&id);
             }
         }
         lock(&self.inner.containers).remove(&id);
