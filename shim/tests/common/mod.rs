@@ -261,6 +261,11 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+    /// Where containerd's CRI plugin reads CNI network configs.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("cni/conf")
+    }
+
     /// The runtime's sandbox directories (one per pod VM).
     pub fn vm_run_dir(&self) -> PathBuf {
         self.dir.path().join("vm")
@@ -270,6 +275,15 @@ impl Containerd {
     /// runtimes `ampoule` and `runc`, and this test's shim first on PATH;
     /// then imports the local images into `namespace`.
     pub fn start(namespace: &str) -> Containerd {
+        Self::start_opts(namespace, false)
+    }
+
+    /// As [`Containerd::start`], with containerd (and so its CNI plugins and
+    /// shims) in a network namespace of its own when `own_netns`: pod
+    /// networks set up by CNI then never touch the host's namespace. The
+    /// CNI binaries are Debian's (`/usr/lib/cni`); the test writes its
+    /// network config into [`Containerd::cni_conf_dir`].
+    pub fn start_opts(namespace: &str, own_netns: bool) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("actd-")
             .tempdir_in("/tmp")
@@ -330,7 +344,19 @@ oom_score = 0
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let log = fs::File::create(d.join("containerd.log")).expect("creating containerd.log");
-        let child = Command::new("containerd")
+        fs::create_dir_all(d.join("cni/conf")).expect("creating the CNI config directory");
+        if own_netns {
+            std::os::unix::fs::symlink("/usr/lib/cni", d.join("cni/bin"))
+                .expect("linking the CNI plugins");
+        }
+        let mut cmd = if own_netns {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--", "containerd"]);
+            c
+        } else {
+            Command::new("containerd")
+        };
+        let child = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)

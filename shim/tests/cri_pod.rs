@@ -1,0 +1,531 @@
+//! Pods in the shape kubelet sends them, through containerd's CRI plugin and
+//! the `ampoule` runtime handler: a network namespace of the pod's own
+//! (configured by Debian's CNI bridge + host-local plugins, with containerd
+//! in a network namespace this test creates), a PID namespace per
+//! container, shared IPC/UTS, a hostname, DNS config, and host directories
+//! mounted into several containers (hostPath and emptyDir style).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cri::{container_config, cri_client, sandbox_config, K8S_NS};
+use common::{Containerd, VmLock};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, CreateContainerRequest, DnsConfig, ExecSyncRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::Channel;
+
+type Cri = RuntimeServiceClient<Channel>;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// A bridge network with host-local addresses, all inside containerd's own
+/// network namespace (the bridge and the host ends of the veths live there).
+fn write_cni_config(ctd: &Containerd) {
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "ampoule-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "amptest0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.88.7.0/24"}]],
+                    "dataDir": ctd.dir().join("cni/ipam").display().to_string()
+                }
+            },
+            {"type": "loopback"}
+        ]
+    });
+    std::fs::write(
+        ctd.cni_conf_dir().join("10-ampoule-test.conflist"),
+        serde_json::to_vec_pretty(&conf).expect("json"),
+    )
+    .expect("writing the CNI config");
+}
+
+/// What kubelet sends for a pod that is not on the node's network.
+fn kubelet_pod(name: &str) -> PodSandboxConfig {
+    let mut c = sandbox_config(name);
+    c.hostname = format!("{name}-host");
+    c.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec![
+            "default.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+        ],
+        options: vec!["ndots:5".into()],
+    });
+    if let Some(linux) = c.linux.as_mut() {
+        if let Some(sc) = linux.security_context.as_mut() {
+            sc.namespace_options = Some(NamespaceOption {
+                network: NamespaceMode::Pod as i32,
+                pid: NamespaceMode::Container as i32,
+                ipc: NamespaceMode::Pod as i32,
+                ..Default::default()
+            });
+        }
+    }
+    c
+}
+
+fn kubelet_container(name: &str, args: &[&str], mounts: Vec<Mount>) -> ContainerConfig {
+    let mut c = container_config(name, args);
+    c.mounts = mounts;
+    c.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Pod as i32,
+                pid: NamespaceMode::Container as i32,
+                ipc: NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+fn mount(host: &Path, container: &str, readonly: bool) -> Mount {
+    Mount {
+        host_path: host.display().to_string(),
+        container_path: container.to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn diag(ctd: &Containerd) -> String {
+    let log = ctd.log();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+async fn exec(cri: &mut Cri, id: &str, script: &str) -> (i32, String, String) {
+    let r = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
+        .into_inner();
+    (r.exit_code, text(&r.stdout), text(&r.stderr))
+}
+
+async fn run_container(
+    cri: &mut Cri,
+    ctd: &Containerd,
+    pod: &str,
+    sb: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sb.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", diag(ctd)))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", diag(ctd)));
+    id
+}
+
+async fn remove_container(cri: &mut Cri, id: &str) {
+    cri.stop_container(StopContainerRequest {
+        container_id: id.to_string(),
+        timeout: 0,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer: {e}"));
+    cri.remove_container(RemoveContainerRequest {
+        container_id: id.to_string(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
+}
+
+async fn remove_pod(cri: &mut Cri, ctd: &Containerd, pod: &str) {
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", diag(ctd)));
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", diag(ctd)));
+}
+
+/// Polls `f` every 50 ms for up to `secs` seconds.
+async fn within<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup(name: &str) -> Option<(VmLock, Containerd, Cri)> {
+    if !common::should_run(name, true) {
+        return None;
+    }
+    let lock = tokio::task::spawn_blocking(VmLock::acquire)
+        .await
+        .expect("lock");
+    let ctd = tokio::task::spawn_blocking(|| Containerd::start_opts(K8S_NS, true))
+        .await
+        .expect("containerd");
+    write_cni_config(&ctd);
+    let cri = cri_client(ctd.socket()).await;
+    Some((lock, ctd, cri))
+}
+
+async fn finish(ctd: Containerd, pod: &str) {
+    let groups = [pod];
+    let left = common::wait_for(Duration::from_secs(15), || {
+        ctd.leftovers_with(&groups).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "left behind: {:?}\n{}",
+        ctd.leftovers_with(&groups),
+        diag(&ctd)
+    );
+    tokio::task::spawn_blocking(move || drop(ctd))
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm() {
+    const NAME: &str = "kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm";
+    let Some((_lock, ctd, mut cri)) = setup(NAME).await else {
+        return;
+    };
+    let host_path = ctd.dir().join("volumes/host-path");
+    let empty_dir = ctd.dir().join("volumes/empty-dir");
+    for d in [&host_path, &empty_dir] {
+        std::fs::create_dir_all(d).expect("volume dir");
+    }
+    std::fs::write(host_path.join("seed"), "from the host before start\n").expect("seed");
+
+    let sb = kubelet_pod("web");
+    let pod = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sb.clone()),
+            runtime_handler: "ampoule".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", diag(&ctd)))
+        .into_inner()
+        .pod_sandbox_id;
+
+    // One hostPath directory in three containers (read-only in the third),
+    // an emptyDir-style directory in the first two.
+    let a = run_container(
+        &mut cri,
+        &ctd,
+        &pod,
+        &sb,
+        kubelet_container(
+            "a",
+            &["sleep", "1000"],
+            vec![
+                mount(&host_path, "/data", false),
+                mount(&empty_dir, "/cache", false),
+            ],
+        ),
+    )
+    .await;
+    let b = run_container(
+        &mut cri,
+        &ctd,
+        &pod,
+        &sb,
+        kubelet_container(
+            "b",
+            &["sleep", "1000"],
+            vec![
+                mount(&host_path, "/data", false),
+                mount(&empty_dir, "/cache", false),
+            ],
+        ),
+    )
+    .await;
+    let c = run_container(
+        &mut cri,
+        &ctd,
+        &pod,
+        &sb,
+        kubelet_container(
+            "c",
+            &["sleep", "1000"],
+            vec![mount(&host_path, "/data", true)],
+        ),
+    )
+    .await;
+
+    // All three in one guest kernel.
+    let mut boots = Vec::new();
+    for id in [&a, &b, &c] {
+        let (code, out, err) = exec(&mut cri, id, "cat /proc/sys/kernel/random/boot_id").await;
+        assert_eq!(code, 0, "{err}");
+        boots.push(out);
+    }
+    assert!(boots.iter().all(|x| *x == boots[0]), "{boots:?}");
+
+    // What the host wrote before start is there; a container's write
+    // reaches the host and the other containers; a host write reaches them.
+    let (code, out, err) = exec(&mut cri, &c, "cat /data/seed").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from the host before start"),
+        "{err}"
+    );
+    let (code, _, err) = exec(&mut cri, &a, "echo written-by-a > /data/from-a").await;
+    assert_eq!(code, 0, "{err}");
+    let on_host = within(1, || async {
+        std::fs::read_to_string(host_path.join("from-a"))
+            .ok()
+            .as_deref()
+            == Some("written-by-a\n")
+    })
+    .await;
+    assert!(
+        on_host,
+        "a container's write did not reach the host within 1 s"
+    );
+    for id in [&b, &c] {
+        let (code, out, err) = exec(&mut cri, id, "cat /data/from-a").await;
+        assert_eq!((code, out.as_str()), (0, "written-by-a"), "{id}: {err}");
+    }
+    std::fs::write(host_path.join("from-host"), "written-by-host\n").expect("host write");
+    for id in [&a, &b, &c] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            if exec(&mut cri, id, "cat /data/from-host").await.1 == "written-by-host" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a host write did not reach container {id} within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // emptyDir style: one directory for the pod's containers.
+    let (code, _, err) = exec(&mut cri, &b, "echo shared > /cache/f && mkdir /cache/d").await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = exec(&mut cri, &a, "cat /cache/f && ls -d /cache/d").await;
+    assert_eq!((code, out.as_str()), (0, "shared\n/cache/d"), "{err}");
+    // A read-only mount refuses writes in the guest.
+    let (code, _, err) = exec(&mut cri, &c, "echo x > /data/from-c").await;
+    assert_ne!(code, 0, "a write to a read-only mount succeeded");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!host_path.join("from-c").exists());
+
+    // CRI's DNS config and the pod's hostname.
+    let (code, out, err) = exec(&mut cri, &a, "cat /etc/resolv.conf").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nameserver 10.96.0.10"), "{out}");
+    assert!(
+        out.contains("search default.svc.cluster.local svc.cluster.local"),
+        "{out}"
+    );
+    assert!(out.contains("options ndots:5"), "{out}");
+    for id in [&a, &c] {
+        let (code, out, err) = exec(&mut cri, id, "hostname; cat /etc/hostname").await;
+        assert_eq!((code, out.as_str()), (0, "web-host\nweb-host"), "{err}");
+    }
+    // The pod's own network namespace (until pod networking lands: only
+    // loopback, up), shared by its containers; a PID namespace each.
+    let mut nets = Vec::new();
+    for id in [&a, &b] {
+        let (code, out, err) = exec(
+            &mut cri,
+            id,
+            "ls /sys/class/net; readlink /proc/self/ns/net; readlink /proc/self/ns/pid",
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        nets.push(out);
+    }
+    let lines: Vec<Vec<&str>> = nets.iter().map(|n| n.lines().collect()).collect();
+    assert_eq!(lines[0][0], "lo", "{nets:?}");
+    assert_eq!(lines[0].len(), 3, "{nets:?}");
+    assert_eq!(
+        lines[0][1], lines[1][1],
+        "containers of a pod share its network: {nets:?}"
+    );
+    assert_ne!(
+        lines[0][2], lines[1][2],
+        "PID namespace per container: {nets:?}"
+    );
+    let (code, out, _) = exec(
+        &mut cri,
+        &a,
+        "cat /sys/class/net/lo/operstate; ping -c1 -W1 127.0.0.1 >/dev/null && echo pong",
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.ends_with("pong"), "{out}");
+
+    remove_pod(&mut cri, &ctd, &pod).await;
+    // The volumes keep what was written; nothing of the pod is mounted.
+    assert_eq!(
+        std::fs::read_to_string(empty_dir.join("f")).unwrap_or_default(),
+        "shared\n"
+    );
+    drop(cri);
+    finish(ctd, &pod).await;
+}
+
+/// Mount points under this containerd's shared directories.
+fn shared_mounts(ctd: &Containerd) -> Vec<String> {
+    let root = ctd.vm_run_dir().join(".shared").display().to_string();
+    let mut m: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    m.sort();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_containers_in_one_pod_and_thirty_create_delete_cycles_leave_nothing_behind() {
+    const NAME: &str =
+        "ten_containers_in_one_pod_and_thirty_create_delete_cycles_leave_nothing_behind";
+    let Some((_lock, ctd, mut cri)) = setup(NAME).await else {
+        return;
+    };
+    let vol = ctd.dir().join("volumes/counter");
+    std::fs::create_dir_all(&vol).expect("volume dir");
+    let sb = kubelet_pod("many");
+    let pod = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sb.clone()),
+            runtime_handler: "ampoule".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", diag(&ctd)))
+        .into_inner()
+        .pod_sandbox_id;
+    let sandbox_only = shared_mounts(&ctd);
+    assert_eq!(
+        sandbox_only
+            .iter()
+            .filter(|m| m.ends_with("/rootfs"))
+            .count(),
+        1,
+        "{sandbox_only:?}"
+    );
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let name = format!("c{n}");
+        let script = format!("echo {name} > /v/{name}; exec sleep 1000");
+        let id = run_container(
+            &mut cri,
+            &ctd,
+            &pod,
+            &sb,
+            kubelet_container(
+                &name,
+                &["sh", "-c", &script],
+                vec![mount(&vol, "/v", false)],
+            ),
+        )
+        .await;
+        ids.push(id);
+    }
+    let all = within(10, || async {
+        (0..10).all(|n| vol.join(format!("c{n}")).exists())
+    })
+    .await;
+    assert!(all, "not every container of ten wrote its file");
+    let (code, out, err) = exec(&mut cri, &ids[9], "ls /v | wc -l").await;
+    assert_eq!((code, out.as_str()), (0, "10"), "{err}");
+    for id in &ids {
+        remove_container(&mut cri, id).await;
+    }
+
+    for cycle in 0..30 {
+        let name = format!("cycle{cycle}");
+        let id = run_container(
+            &mut cri,
+            &ctd,
+            &pod,
+            &sb,
+            kubelet_container(&name, &["sleep", "1000"], vec![mount(&vol, "/v", false)]),
+        )
+        .await;
+        let (code, _, err) = exec(&mut cri, &id, &format!("echo {cycle} >> /v/cycles")).await;
+        assert_eq!(code, 0, "cycle {cycle}: {err}");
+        remove_container(&mut cri, &id).await;
+    }
+    let cycles = std::fs::read_to_string(vol.join("cycles")).unwrap_or_default();
+    assert_eq!(cycles.lines().count(), 30, "{cycles}");
+
+    // Only the pod's sandbox container is left: its shared directory holds
+    // what it held before the first app container came.
+    assert_eq!(
+        shared_mounts(&ctd),
+        sandbox_only,
+        "mounts of deleted containers are left in the shared directory"
+    );
+
+    remove_pod(&mut cri, &ctd, &pod).await;
+    assert!(
+        common::processes_mentioning("virtiofsd")
+            .iter()
+            .all(|(_, c)| !c.contains(&ctd.dir().display().to_string())),
+        "a virtiofsd of this containerd is left"
+    );
+    let shared_root = ctd.vm_run_dir().join(".shared");
+    let shared_left: Vec<_> = std::fs::read_dir(&shared_root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        shared_left.is_empty(),
+        "shared directories left: {shared_left:?}"
+    );
+    drop(cri);
+    finish(ctd, &pod).await;
+}
