@@ -980,3 +980,98 @@ fn the_guest_console_file_never_grows_past_serial_log_max_bytes() {
     assert!(out.status.success(), "{}", show(&out));
     assert_clean(&env);
 }
+
+#[test]
+fn writes_to_the_rootfs_and_a_bind_mount_land_on_the_host_live_both_ways() {
+    if !vm_test("writes_to_the_rootfs_and_a_bind_mount_land_on_the_host_live_both_ways") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let data = env.env.tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // The container writes to its root and to the volume, then waits for a
+    // file the host writes while it runs, and answers through the volume.
+    let script = "echo in-root > /written-in-root; echo in-volume > /data/from-container; \
+                  i=0; while [ ! -e /data/from-host ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+                  cat /data/from-host > /data/echoed 2>&1";
+    let b =
+        env.bundle("b", &["sh", "-c", script], |v| {
+            v["root"]["readonly"] = false.into();
+            v["mounts"].as_array_mut().expect("mounts").push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
+        }));
+        });
+    let mut child = env
+        .cmd()
+        .args(["run", "live"])
+        .current_dir(&b)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ampoule run");
+    let from_container = data.join("from-container");
+    let seen = wait_until(60, || from_container.exists());
+    assert!(
+        seen,
+        "the container's write to the volume never reached the host"
+    );
+    std::fs::write(data.join("from-host"), "written-by-host\n").expect("host write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        std::fs::read_to_string(&from_container).unwrap_or_default(),
+        "in-volume\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("echoed")).unwrap_or_default(),
+        "written-by-host\n",
+        "the host's write did not reach the running container"
+    );
+    // As with runc: the root filesystem is the bundle's rootfs, written in
+    // place, and what the container wrote is there after it exited.
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/written-in-root")).unwrap_or_default(),
+        "in-root\n"
+    );
+    assert_clean(&env);
+}
+
+#[test]
+fn a_bind_source_that_climbs_out_or_is_a_symlink_is_refused_before_boot() {
+    if !vm_test("a_bind_source_that_climbs_out_or_is_a_symlink_is_refused_before_boot") {
+        return;
+    }
+    let env = CliEnv::new();
+    let link = env.env.tmp.path().join("link-to-etc");
+    std::os::unix::fs::symlink("/etc", &link).expect("symlink");
+    for (name, source) in [
+        ("up", serde_json::json!("../../etc")),
+        ("link", serde_json::json!(link)),
+        ("missing", serde_json::json!("/nonexistent/ampoule-source")),
+    ] {
+        let b = env.bundle(name, &["true"], |v| {
+            v["mounts"]
+                .as_array_mut()
+                .expect("mounts")
+                .push(serde_json::json!({
+                    "destination": "/x", "type": "bind", "source": source, "options": ["rbind"]
+                }));
+        });
+        let out = run_out(&env, name, &b);
+        assert!(!out.status.success(), "{name}: {}", show(&out));
+        let _ = env.cmd().args(["delete", "--force", name]).output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bind mount source") || err.contains("could reach outside"),
+            "{name}: {err}"
+        );
+        // Refused before boot: no sandbox directory was ever made.
+        let sandboxes: Vec<_> = std::fs::read_dir(&env.env.config.run_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(sandboxes.is_empty(), "{name}: sandboxes {sandboxes:?}");
+    }
+    assert_clean(&env);
+}

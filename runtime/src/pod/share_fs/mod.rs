@@ -123,17 +123,25 @@ impl SharedDir {
     pub fn create(sandbox_dir: &Path) -> Result<SharedDir, ShareFsError> {
         use std::os::unix::fs::DirBuilderExt;
         let root = dir_for(sandbox_dir);
-        if let Some(parent) = root.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(io("creating", parent))?;
+        // The parent may be removed by another sandbox's teardown between
+        // the two steps: try again once.
+        let mut attempt = 0;
+        loop {
+            if let Some(parent) = root.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(io("creating", parent))?;
+            }
+            match std::fs::DirBuilder::new().mode(0o755).create(&root) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt == 0 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(io("creating shared directory", &root)(e)),
+            }
         }
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&root)
-            .map_err(io("creating shared directory", &root))?;
         let made = (|| {
             mount(Some(&root), &root, None, MsFlags::MS_BIND, None)?;
             mount(None, &root, None, MsFlags::MS_PRIVATE, None)?;
@@ -302,6 +310,10 @@ pub fn teardown(root: &Path) {
     }
     if let Err(e) = std::fs::remove_dir(root) {
         tracing::warn!(dir = %root.display(), error = %e, "cannot remove the shared directory");
+    }
+    // The parent goes with the last sandbox (rmdir fails while others use it).
+    if let Some(parent) = root.parent() {
+        let _ = std::fs::remove_dir(parent);
     }
 }
 
