@@ -1002,7 +1002,7 @@ fn writes_to_the_rootfs_and_a_bind_mount_land_on_the_host_live_both_ways() {
             "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
         }));
         });
-    let mut child = env
+    let child = env
         .cmd()
         .args(["run", "live"])
         .current_dir(&b)

@@ -376,6 +376,7 @@ fn jailed_vm(env: &TestEnv, dir: &Path) -> VmConfig {
         dir: dir.to_path_buf(),
         accel: ampoule_runtime::host::Accel::Tcg,
         jail: JailSettings::from_config(&env.config),
+        shared_fs: None,
     }
 }
 

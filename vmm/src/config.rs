@@ -3,7 +3,8 @@
 //! The JSON file has the same fields as the flags (`kernel`, `initrd`,
 //! `cmdline`, `vcpus`, `memory_mib`, `vsock_uds`, `serial_log`,
 //! `serial_log_max_bytes`, `api_sock`,
-//! `drives: [{"id": .., "path": .., "read_only": ..}]`, `shutdown_timeout_ms`).
+//! `drives: [{"id": .., "path": .., "read_only": ..}]`,
+//! `fs: [{"tag": .., "socket": ..}]`, `shutdown_timeout_ms`).
 //! Unknown fields are rejected.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// Longest drive id.
 pub const MAX_DRIVE_ID: usize = 20;
+/// Longest virtio-fs tag (the config space field is 36 bytes, NUL padded).
+pub const MAX_FS_TAG: usize = 36;
+/// Most virtio-fs devices.
+pub const MAX_FS_DEVICES: usize = 4;
 
 /// Errors in a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,10 @@ pub enum ConfigError {
     Initrd { path: PathBuf, reason: String },
     #[error("drive {id}: {reason}")]
     Drive { id: String, reason: String },
+    #[error("invalid --fs value {value:?}: {reason}")]
+    BadFs { value: String, reason: String },
+    #[error("virtio-fs {tag:?}: {reason}")]
+    Fs { tag: String, reason: String },
     #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
     Vcpus(u64),
     #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
@@ -78,6 +87,17 @@ pub struct DriveConfig {
     /// Refuse guest writes.
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// One virtio-fs device, served by a vhost-user backend (virtiofsd)
+/// listening on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    /// The backend's vhost-user socket (it must be listening at start).
+    pub socket: PathBuf,
 }
 
 fn default_vcpus() -> u64 {
@@ -134,6 +154,9 @@ pub struct VmConfig {
     /// virtio-blk drives and empty slots, in slot order.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
+    /// virtio-fs devices (vhost-user backends).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Graceful shutdown deadline before the VM is stopped by force.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
@@ -161,6 +184,7 @@ impl Default for VmConfig {
             serial_log_max_bytes: default_serial_log_max(),
             api_sock: None,
             drives: Vec::new(),
+            fs: Vec::new(),
             shutdown_timeout_ms: default_shutdown_timeout(),
             seccomp: true,
             uid: None,
@@ -220,6 +244,39 @@ pub fn parse_drive_slot(value: &str) -> Result<DriveConfig, ConfigError> {
         path: None,
         read_only,
     })
+}
+
+/// Parses `tag=TAG,socket=PATH`.
+pub fn parse_fs(value: &str) -> Result<FsConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadFs {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut tag = None;
+    let mut socket = None;
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("tag", t)) => tag = Some(t.to_string()),
+            Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            _ => return Err(bad(&format!("unknown or empty option {part:?}"))),
+        }
+    }
+    let tag = tag.ok_or_else(|| bad("missing tag=TAG"))?;
+    check_fs_tag(&tag).map_err(|r| bad(&r))?;
+    let socket = socket.ok_or_else(|| bad("missing socket=PATH"))?;
+    Ok(FsConfig { tag, socket })
+}
+
+/// A tag fits the config space (1 to 36 bytes) and holds no NUL (the
+/// guest reads it up to the first NUL) nor control characters.
+pub fn check_fs_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() || tag.len() > MAX_FS_TAG {
+        return Err(format!("tag must be 1 to {MAX_FS_TAG} bytes"));
+    }
+    if tag.chars().any(char::is_control) {
+        return Err("tag may not hold NUL or control characters".into());
+    }
+    Ok(())
 }
 
 fn check_drive_id(id: &str) -> Result<(), String> {
@@ -292,6 +349,50 @@ impl VmConfig {
         }
     }
 
+    /// Checks the virtio-fs devices: tags, duplicates, and that each
+    /// backend socket exists and is a socket (its connection is made when
+    /// the VM is built).
+    fn validate_fs(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::FileTypeExt;
+        if self.fs.len() > MAX_FS_DEVICES {
+            return Err(ConfigError::Fs {
+                tag: self.fs.len().to_string(),
+                reason: format!("at most {MAX_FS_DEVICES} virtio-fs devices"),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.fs {
+            let err = |reason: String| ConfigError::Fs {
+                tag: f.tag.clone(),
+                reason,
+            };
+            check_fs_tag(&f.tag).map_err(err)?;
+            if !seen.insert(f.tag.clone()) {
+                return Err(err("duplicate tag".into()));
+            }
+            let len = f.socket.as_os_str().len();
+            if len == 0 || len > MAX_SOCKET_PATH {
+                return Err(err(format!(
+                    "socket path {} must be 1 to {MAX_SOCKET_PATH} bytes",
+                    f.socket.display()
+                )));
+            }
+            let md = std::fs::metadata(&f.socket).map_err(|e| {
+                err(format!(
+                    "vhost-user socket {}: {e} (is virtiofsd running?)",
+                    f.socket.display()
+                ))
+            })?;
+            if !md.file_type().is_socket() {
+                return Err(err(format!(
+                    "vhost-user socket {}: not a socket",
+                    f.socket.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
         check_elf(kernel)?;
@@ -314,13 +415,18 @@ impl VmConfig {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));
         }
-        let devices = self.drives.len() + usize::from(self.vsock_uds.is_some());
+        let devices = self.drives.len() + self.fs.len() + usize::from(self.vsock_uds.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::Drive {
-                id: format!("{} drives", self.drives.len()),
+                id: format!(
+                    "{} drives and {} fs devices",
+                    self.drives.len(),
+                    self.fs.len()
+                ),
                 reason: format!("at most {MAX_VIRTIO_DEVICES} virtio devices in all"),
             });
         }
+        self.validate_fs()?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.drives {
             check_drive_id(&d.id).map_err(|reason| ConfigError::Drive {
@@ -455,6 +561,70 @@ mod tests {
         assert_eq!(c.drives.len(), 2);
         assert!(c.drives[0].read_only);
         assert_eq!(c.drives[1].path, None);
+    }
+
+    #[test]
+    fn fs_flag_and_json_parse_and_bad_tags_are_refused() {
+        let f = parse_fs("tag=shared,socket=/run/vfs.sock").unwrap();
+        assert_eq!(f.tag, "shared");
+        assert_eq!(f.socket, Path::new("/run/vfs.sock"));
+        assert!(parse_fs("socket=/a").is_err());
+        assert!(parse_fs("tag=x").is_err());
+        assert!(parse_fs("tag=x,socket=").is_err());
+        assert!(parse_fs("tag=x,socket=/a,ro").is_err());
+        assert!(parse_fs(&format!("tag={},socket=/a", "t".repeat(37))).is_err());
+        assert!(parse_fs(&format!("tag={},socket=/a", "t".repeat(36))).is_ok());
+        assert!(parse_fs("tag=a\u{0}b,socket=/a").is_err());
+        let c = from_json_str(r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s"}]}"#).unwrap();
+        assert_eq!(
+            c.fs,
+            vec![FsConfig {
+                tag: "t".into(),
+                socket: "/s".into()
+            }]
+        );
+        assert!(from_json_str(r#"{"kernel":"/k","fs":[{"tag":"t"}]}"#).is_err());
+        assert!(
+            from_json_str(r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s","x":1}]}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn fs_with_a_missing_socket_or_duplicate_tags_is_refused_before_start() {
+        let dir = std::env::temp_dir().join(format!("ampoule-cfg-fs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let base = VmConfig::default();
+        let fs = |tag: &str, p: &Path| FsConfig {
+            tag: tag.into(),
+            socket: p.to_path_buf(),
+        };
+        let check = |list: Vec<FsConfig>| {
+            let c = VmConfig {
+                fs: list,
+                ..base.clone()
+            };
+            c.validate_fs()
+        };
+        assert!(check(vec![fs("a", &sock)]).is_ok());
+        let e = check(vec![fs("a", &dir.join("missing.sock"))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.sock") && e.contains("virtiofsd"), "{e}");
+        let e = check(vec![fs("a", &plain)]).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        let e = check(vec![fs("a", &sock), fs("a", &sock)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate"), "{e}");
+        let many = (0..=MAX_FS_DEVICES)
+            .map(|i| fs(&format!("t{i}"), &sock))
+            .collect();
+        assert!(check(many).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -50,6 +50,10 @@ struct Cli {
     /// Empty virtio-blk slot to fill later: id=ID[,ro] (repeatable).
     #[arg(long, value_name = "SPEC")]
     drive_slot: Vec<String>,
+    /// virtio-fs device served by a vhost-user backend (virtiofsd) that
+    /// listens on PATH: tag=TAG,socket=PATH (repeatable, at most 4).
+    #[arg(long, value_name = "SPEC")]
+    fs: Vec<String>,
     /// Graceful shutdown deadline in ms before the VM is stopped by force.
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
@@ -115,6 +119,9 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     for d in &cli.drive_slot {
         c.drives.push(config::parse_drive_slot(d)?);
+    }
+    for f in &cli.fs {
+        c.fs.push(config::parse_fs(f)?);
     }
     Ok(c)
 }

@@ -20,6 +20,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, SerialDevice, SerialOut};
 use crate::devices::serial_log::CappedLog;
 use crate::devices::virtio::block::{Backing, Block, SharedSlot, Slot};
+use crate::devices::virtio::fs::{self, Fs, FsError, FsShared};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::{muxer, Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -61,6 +62,8 @@ pub enum VmmError {
     #[error(transparent)]
     Vsock(#[from] VsockError),
     #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("dropping privileges: {0}")]
     Jail(#[from] JailError),
@@ -76,6 +79,8 @@ pub struct Control {
     config: VmConfig,
     bus: Arc<Bus>,
     drives: Vec<(SharedSlot, Arc<Mutex<MmioTransport>>)>,
+    /// virtio-fs devices: tag and backend state.
+    fs: Vec<(String, Arc<FsShared>)>,
     /// Requested graceful-shutdown deadline.
     shutdown: Mutex<Option<Duration>>,
     wake: EventFd,
@@ -84,6 +89,16 @@ pub struct Control {
 impl Controller for Control {
     fn status(&self) -> serde_json::Value {
         let drives = self.drive_status();
+        let fs: Vec<serde_json::Value> = self
+            .fs
+            .iter()
+            .map(|(tag, shared)| {
+                serde_json::json!({
+                    "tag": tag,
+                    "backend": if shared.backend_connected() { "connected" } else { "disconnected" },
+                })
+            })
+            .collect();
         let state = if self.bus.exit.is_done() {
             "stopping"
         } else {
@@ -94,6 +109,7 @@ impl Controller for Control {
             "vcpus": self.config.vcpus,
             "memory_mib": self.config.memory_mib,
             "drives": drives,
+            "fs": fs,
         })
     }
 
@@ -199,6 +215,7 @@ pub struct Vmm {
     signals: OwnedFd,
     api_listener: Option<std::os::unix::net::UnixListener>,
     vsock_backend: Option<muxer::Backend>,
+    fs_backends: Vec<fs::backend::Backend>,
     filters: Filters,
     /// Removed when the Vmm is dropped.
     pub cleanup: Cleanup,
@@ -271,7 +288,15 @@ impl Vmm {
         let kernel = config.kernel.clone().ok_or(ConfigError::NoKernel)?;
 
         let kvm = vm::open_kvm()?;
-        let mem = vm::create_memory(mem_size)?;
+        // A vhost-user backend maps guest memory itself: it must be a
+        // shareable file then, and only then (anonymous private memory
+        // keeps transparent huge pages and plain anonymous accounting).
+        let backing = if config.fs.is_empty() {
+            vm::MemoryBacking::Anonymous
+        } else {
+            vm::MemoryBacking::SharedMemfd
+        };
+        let mem = vm::create_memory(mem_size, backing)?;
         let (entry, kernel_end) = boot::load_kernel(&mem, &kernel, mem_size)?;
         let initrd = match &config.initrd {
             Some(p) => Some(boot::load_initrd(&mem, p, mem_size, kernel_end)?),
@@ -282,7 +307,8 @@ impl Vmm {
         let vmfd = vm::create_vm(&kvm, &mem)?;
         let mem = Arc::new(mem);
 
-        // virtio-mmio devices: vsock first, then the drives in slot order.
+        // virtio-mmio devices: vsock first, then the drives in slot order,
+        // then the virtio-fs devices.
         let mut cleanup = Cleanup::default();
         let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
         let mut vsock_backend = None;
@@ -313,6 +339,15 @@ impl Vmm {
             drives_shared.push(slot.clone());
             virtio.push(Box::new(Block::new(slot)));
         }
+        let first_drive = usize::from(vsock_backend.is_some());
+        let mut fs_backends = Vec::new();
+        let mut fs_shared = Vec::new();
+        for f in &config.fs {
+            let (dev, backend) = Fs::new(&f.tag, &f.socket)?;
+            fs_shared.push((dev.tag().to_string(), dev.shared()));
+            fs_backends.push(backend);
+            virtio.push(Box::new(dev));
+        }
         let mut mmio: Vec<(u64, u64, SharedMmio)> = Vec::new();
         let mut transports: Vec<Arc<Mutex<MmioTransport>>> = Vec::new();
         for (i, dev) in virtio.into_iter().enumerate() {
@@ -324,6 +359,16 @@ impl Vmm {
                     what: "KVM_IRQFD (virtio)",
                     source,
                 })?;
+            for (queue, kick) in dev.queue_notify_eventfds() {
+                let addr = kvm_ioctls::IoEventAddress::Mmio(
+                    base + crate::devices::virtio::mmio::reg::QUEUE_NOTIFY,
+                );
+                vmfd.register_ioevent(&kick, &addr, queue)
+                    .map_err(|source| VmmError::Kvm {
+                        what: "KVM_IOEVENTFD (virtio queue notify)",
+                        source,
+                    })?;
+            }
             let t = MmioTransport::new(dev, mem.clone(), Interrupt::new(evt))
                 .map_err(VmmError::Virtio)?;
             let t = Arc::new(Mutex::new(t));
@@ -338,7 +383,11 @@ impl Vmm {
             mmio.push((base, layout::MMIO_DEVICE_SIZE, t.clone() as SharedMmio));
             transports.push(t);
         }
-        let drive_transports = transports.split_off(transports.len() - drives_shared.len());
+        let drive_transports = transports
+            .iter()
+            .skip(first_drive)
+            .take(drives_shared.len())
+            .cloned();
         let control_drives: Vec<(SharedSlot, Arc<Mutex<MmioTransport>>)> =
             drives_shared.into_iter().zip(drive_transports).collect();
 
@@ -381,6 +430,7 @@ impl Vmm {
             config: config.clone(),
             bus: bus.clone(),
             drives: control_drives,
+            fs: fs_shared,
             shutdown: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?,
         });
@@ -392,6 +442,7 @@ impl Vmm {
             signals,
             api_listener,
             vsock_backend,
+            fs_backends,
             filters,
             cleanup,
             _vm: vmfd,
@@ -411,6 +462,13 @@ impl Vmm {
         if let Some(b) = self.vsock_backend.take() {
             b.start(&self.filters)
                 .map_err(|e| VmmError::Vsock(VsockError::Backend(e)))?;
+        }
+        for (i, b) in std::mem::take(&mut self.fs_backends)
+            .into_iter()
+            .enumerate()
+        {
+            b.start(i, &self.filters)
+                .map_err(io("starting the virtio-fs device thread"))?;
         }
         if let Some(l) = self.api_listener.take() {
             api::serve(l, self.control.clone(), &self.filters)

@@ -19,6 +19,12 @@
  *                           the device returns them
  *   serialflood print bytes=N (default 200000) bytes of numbered lines
  *   blkid       report the first drive's virtio-blk GET_ID answer
+ *   fs          virtio-fs: FUSE INIT, LOOKUP/GETATTR/OPEN/READ of file=NAME,
+ *               CREATE/WRITE/FLUSH/RELEASE of written-by-guest.txt, the
+ *               used-ring interrupt delivered through the IOAPIC, then a
+ *               device reset and a GETATTR of the root on the new rings
+ *   fsbad       virtio-fs: invalid rings, then bad descriptors on both
+ *               queues; reports the device status, then waits as `wait`
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -1017,6 +1023,329 @@ static void do_irq(void) {
     putc('\n');
 }
 
+/* ---- virtio-fs: FUSE over the request queue (include/uapi/linux/fuse.h) ---- */
+#define FUSE_LOOKUP 1
+#define FUSE_GETATTR 3
+#define FUSE_OPEN 14
+#define FUSE_READ 15
+#define FUSE_WRITE 16
+#define FUSE_RELEASE 18
+#define FUSE_FLUSH 25
+#define FUSE_INIT 26
+#define FUSE_CREATE 35
+#define FUSE_ROOT 1
+
+struct fuse_in_header { u32 len, opcode; u64 unique, nodeid; u32 uid, gid, pid; u16 total_extlen, padding; };
+struct fuse_out_header { u32 len; int error; u64 unique; };
+struct fuse_attr {
+    u64 ino, size, blocks, atime, mtime, ctime;
+    u32 atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
+};
+struct fuse_entry_out {
+    u64 nodeid, generation, entry_valid, attr_valid;
+    u32 entry_valid_nsec, attr_valid_nsec;
+    struct fuse_attr attr;
+};
+struct fuse_attr_out { u64 attr_valid; u32 attr_valid_nsec, dummy; struct fuse_attr attr; };
+struct fuse_open_out { u64 fh; u32 open_flags; int backing_id; };
+struct fuse_init_in { u32 major, minor, max_readahead, flags; };
+struct fuse_init_out { u32 major, minor, max_readahead, flags; };
+struct fuse_getattr_in { u32 getattr_flags, dummy; u64 fh; };
+struct fuse_open_in { u32 flags, open_flags; };
+struct fuse_rw_in { u64 fh, offset; u32 size, rw_flags; u64 lock_owner; u32 flags, padding; };
+struct fuse_write_out { u32 size, padding; };
+struct fuse_create_in { u32 flags, mode, umask, open_flags; };
+struct fuse_release_in { u64 fh; u32 flags, release_flags; u64 lock_owner; };
+struct fuse_flush_in { u64 fh; u32 unused, padding; u64 lock_owner; };
+
+#define FS_BUF 8192
+static u8 fs_in[FS_BUF] __attribute__((aligned(4096)));
+static u8 fs_out[FS_BUF] __attribute__((aligned(4096)));
+static struct vq fsq[2];
+static u64 fs_unique;
+
+static void copy(void *dst, const void *src, u32 n) {
+    for (u32 i = 0; i < n; i++) ((u8 *)dst)[i] = ((const u8 *)src)[i];
+}
+static u32 slen(const char *s) { u32 n = 0; while (s[n]) n++; return n; }
+
+/* Waits at most `spins` for the next used element of `q`. */
+static int vq_wait_used_for(struct vq *q, u32 *len, u64 spins) {
+    for (u64 spin = 0; spin < spins; spin++) {
+        barrier();
+        if (*(volatile u16 *)&q->used->idx != q->last_used) {
+            struct vused_elem *e = &q->used->ring[q->last_used % q->size];
+            if (len) *len = e->len;
+            q->last_used++;
+            return 0;
+        }
+        pause();
+    }
+    return -1;
+}
+
+/* One FUSE request on the request queue: in header + arg + data in one
+ * device-readable descriptor, out header + reply in one device-writable
+ * one. Returns the reply's error (0 ok), -1000 on timeout, -1001 on a
+ * reply that does not match; *out_len is the reply's length. */
+static int fuse_call(u32 opcode, u64 nodeid, const void *arg, u32 arglen,
+                     const void *data, u32 datalen, u32 outcap, u32 *out_len) {
+    struct fuse_in_header *h = (struct fuse_in_header *)fs_in;
+    u32 len = (u32)sizeof(*h) + arglen + datalen;
+    if (len > FS_BUF || outcap > FS_BUF) return -1001;
+    h->len = len;
+    h->opcode = opcode;
+    h->unique = ++fs_unique;
+    h->nodeid = nodeid;
+    h->uid = h->gid = h->pid = 0;
+    h->total_extlen = h->padding = 0;
+    copy(fs_in + sizeof(*h), arg, arglen);
+    copy(fs_in + sizeof(*h) + arglen, data, datalen);
+    for (u32 i = 0; i < sizeof(struct fuse_out_header); i++) fs_out[i] = 0;
+    struct vq *q = &fsq[1];
+    q->desc[0] = (struct vdesc){(u64)fs_in, len, D_NEXT, 1};
+    q->desc[1] = (struct vdesc){(u64)fs_out, outcap, D_WRITE, 0};
+    vq_submit(q, 0);
+    u32 used = 0;
+    if (vq_wait_used_for(q, &used, 400000000UL)) return -1000;
+    struct fuse_out_header *o = (struct fuse_out_header *)fs_out;
+    if (out_len) *out_len = o->len;
+    if (o->unique != h->unique || used < sizeof(*o) || o->len > used) return -1001;
+    return o->error;
+}
+
+static void putsigned(int v) {
+    if (v < 0) { putc('-'); putdec((u64)(-(long)v)); } else putdec((u64)v);
+}
+
+static void fs_report(const char *what, int err) {
+    puts("FS ");
+    puts(what);
+    puts(" error=");
+    putsigned(err);
+}
+
+/* Reads the tag (36 bytes, NUL padded) and num_request_queues. */
+static void fs_config(u64 b) {
+    char tag[37];
+    for (int i = 0; i < 9; i++) *(u32 *)&tag[4 * i] = vr(b, VM_CONFIG + 4 * (u64)i);
+    tag[36] = 0;
+    puts("FS tag=");
+    for (int i = 0; tag[i]; i++) putc(tag[i] >= 32 && tag[i] < 127 ? tag[i] : '?');
+    puts(" num_request_queues=");
+    putdec(vr(b, VM_CONFIG + 36));
+    putc('\n');
+}
+
+static int fs_init(void) {
+    struct fuse_init_in in = {7, 31, 0, 0};
+    int e = fuse_call(FUSE_INIT, 0, &in, sizeof(in), 0, 0, 16 + 64, 0);
+    struct fuse_init_out *o = (struct fuse_init_out *)(fs_out + 16);
+    fs_report("init", e);
+    puts(" major=");
+    putdec(e == 0 ? o->major : 0);
+    putc('\n');
+    return e;
+}
+
+/* Prints `n` bytes, newlines as "\n", other bytes outside ASCII as '?'. */
+static void put_escaped(const u8 *p, u32 n) {
+    for (u32 i = 0; i < n; i++) {
+        if (p[i] == '\n') puts("\\n");
+        else putc(p[i] >= 32 && p[i] < 127 ? (char)p[i] : '?');
+    }
+}
+
+static void do_fs(const char *cmd) {
+    u64 b = virtio_find(26, 0);
+    if (!b) { puts("FS no device\n"); return; }
+    fs_config(b);
+    u32 vec = 0x30 + virtio_irq_of(b);
+    ioapic_route(vec - 0x30, vec);
+    enable_interrupts();
+    if (virtio_init(b, 0, fsq, 2, 0)) { puts("FS init failed\n"); return; }
+    u32 irqs_before = irq_counts[vec];
+    if (fs_init()) return;
+    /* The backend's call eventfd -> the VMM's relay -> interrupt status
+     * bit and irqfd -> IOAPIC -> the ring-0 stub. */
+    int got = wait_irq(vec, irqs_before);
+    u32 isr = 0;
+    for (u64 spin = 0; spin < 100000 && !(isr & 1); spin++) isr = vr(b, VM_INT_STATUS);
+    vw(b, VM_INT_ACK, isr);
+    puts(got == 0 ? "FS irq delivered=1 status=" : "FS irq delivered=0 status=");
+    putdec(isr);
+    putc('\n');
+
+    const char *name = find_token(cmd, "file=");
+    static char fname[64];
+    u32 n = 0;
+    while (name && name[n] && name[n] != ' ' && n < sizeof(fname) - 1) { fname[n] = name[n]; n++; }
+    fname[n] = 0;
+    int e = fuse_call(FUSE_LOOKUP, FUSE_ROOT, fname, n + 1, 0, 0, 16 + sizeof(struct fuse_entry_out), 0);
+    struct fuse_entry_out *ent = (struct fuse_entry_out *)(fs_out + 16);
+    u64 node = e == 0 ? ent->nodeid : 0;
+    fs_report("lookup", e);
+    puts(" size=");
+    putdec(e == 0 ? ent->attr.size : 0);
+    puts(" regular=");
+    putdec(e == 0 && (ent->attr.mode & 0170000) == 0100000);
+    putc('\n');
+    if (e) return;
+
+    struct fuse_getattr_in ga = {0, 0, 0};
+    e = fuse_call(FUSE_GETATTR, node, &ga, sizeof(ga), 0, 0, 16 + sizeof(struct fuse_attr_out), 0);
+    struct fuse_attr_out *ao = (struct fuse_attr_out *)(fs_out + 16);
+    fs_report("getattr", e);
+    puts(" size=");
+    putdec(e == 0 ? ao->attr.size : 0);
+    putc('\n');
+
+    struct fuse_open_in oi = {0 /* O_RDONLY */, 0};
+    e = fuse_call(FUSE_OPEN, node, &oi, sizeof(oi), 0, 0, 16 + sizeof(struct fuse_open_out), 0);
+    u64 fh = ((struct fuse_open_out *)(fs_out + 16))->fh;
+    fs_report("open", e);
+    putc('\n');
+    if (e) return;
+
+    struct fuse_rw_in ri = {fh, 0, 4096, 0, 0, 0, 0};
+    u32 olen = 0;
+    e = fuse_call(FUSE_READ, node, &ri, sizeof(ri), 0, 0, 16 + 4096, &olen);
+    u32 got_bytes = e == 0 && olen >= 16 ? olen - 16 : 0;
+    fs_report("read", e);
+    puts(" n=");
+    putdec(got_bytes);
+    puts(" data=");
+    put_escaped(fs_out + 16, got_bytes);
+    putc('\n');
+
+    struct fuse_flush_in fl = {fh, 0, 0, 0};
+    e = fuse_call(FUSE_FLUSH, node, &fl, sizeof(fl), 0, 0, 16, 0);
+    fs_report("flush", e);
+    struct fuse_release_in rl = {fh, 0, 0, 0};
+    e = fuse_call(FUSE_RELEASE, node, &rl, sizeof(rl), 0, 0, 16, 0);
+    puts(" release=");
+    putsigned(e);
+    putc('\n');
+
+    const char *newname = "written-by-guest.txt";
+    struct fuse_create_in ci = {0x1 | 0x40 | 0x200 /* O_WRONLY|O_CREAT|O_TRUNC */, 0100644, 0, 0};
+    e = fuse_call(FUSE_CREATE, FUSE_ROOT, &ci, sizeof(ci), newname, slen(newname) + 1,
+                  16 + sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out), 0);
+    struct fuse_entry_out *ce = (struct fuse_entry_out *)(fs_out + 16);
+    struct fuse_open_out *co = (struct fuse_open_out *)(fs_out + 16 + sizeof(*ce));
+    u64 nnode = e == 0 ? ce->nodeid : 0, nfh = e == 0 ? co->fh : 0;
+    fs_report("create", e);
+    putc('\n');
+    if (e) return;
+
+    const char *text = "AMPOULE guest wrote this through FUSE_WRITE on virtio-fs\n";
+    struct fuse_rw_in wi = {nfh, 0, slen(text), 0, 0, 0, 0};
+    e = fuse_call(FUSE_WRITE, nnode, &wi, sizeof(wi), text, slen(text), 16 + sizeof(struct fuse_write_out), 0);
+    fs_report("write", e);
+    puts(" size=");
+    putdec(e == 0 ? ((struct fuse_write_out *)(fs_out + 16))->size : 0);
+    putc('\n');
+    struct fuse_flush_in fl2 = {nfh, 0, 0, 0};
+    e = fuse_call(FUSE_FLUSH, nnode, &fl2, sizeof(fl2), 0, 0, 16, 0);
+    fs_report("flush", e);
+    struct fuse_release_in rl2 = {nfh, 0x1, 0, 0};
+    e = fuse_call(FUSE_RELEASE, nnode, &rl2, sizeof(rl2), 0, 0, 16, 0);
+    puts(" release=");
+    putsigned(e);
+    putc('\n');
+    /* A driver reset stops the backend's rings; set up again, the device
+     * serves the same FUSE session. */
+    qmem_next = 0;
+    if (virtio_init(b, 0, fsq, 2, 0)) { puts("FS reinit failed\n"); return; }
+    e = fuse_call(FUSE_GETATTR, FUSE_ROOT, &ga, sizeof(ga), 0, 0, 16 + sizeof(struct fuse_attr_out), 0);
+    fs_report("after-reset getattr", e);
+    puts(" dir=");
+    putdec(e == 0 && (ao->attr.mode & 0170000) == 0040000);
+    putc('\n');
+    puts("FS-DONE\n");
+}
+
+/* Polls the device status for DEVICE_NEEDS_RESET (the backend hung up). */
+static u32 fs_wait_needs_reset(u64 b) {
+    u32 st = 0;
+    for (u64 i = 0; i < 200000; i++) {
+        st = vr(b, VM_STATUS);
+        if (st & 0x40) break;
+        for (int k = 0; k < 100; k++) pause();
+    }
+    return st;
+}
+
+/* ---- hostile virtio-fs guest: bad rings, then bad descriptors ---- */
+static void do_wait(void);
+static void do_fsbad(void) {
+    u64 b = virtio_find(26, 0);
+    if (!b) { puts("FSBAD no device\n"); return; }
+    /* A request queue whose descriptor table lies outside guest memory. */
+    vw(b, VM_STATUS, 0);
+    vw(b, VM_STATUS, 1);
+    vw(b, VM_STATUS, 3);
+    vw(b, VM_DRV_FEAT_SEL, 1);
+    vw(b, VM_DRV_FEAT, 1);
+    vw(b, VM_DRV_FEAT_SEL, 0);
+    vw(b, VM_DRV_FEAT, 0);
+    vw(b, VM_STATUS, 3 | 8);
+    vw(b, VM_QSEL, 1);
+    vw(b, VM_QNUM, 256);
+    vw(b, VM_QDESC, 0xfffff000);
+    vw(b, VM_QDESC + 4, 0xffff);
+    vw(b, VM_QDRIVER, (u32)(u64)qmem[0][1]);
+    vw(b, VM_QDRIVER + 4, 0);
+    vw(b, VM_QDEVICE, (u32)(u64)qmem[0][2]);
+    vw(b, VM_QDEVICE + 4, 0);
+    vw(b, VM_QREADY, 1);
+    vw(b, VM_STATUS, 3 | 8 | 4);
+    puts("FSBAD bad-rings status=");
+    puthex(vr(b, VM_STATUS));
+    putc('\n');
+    /* A proper setup: the device still works. */
+    qmem_next = 0;
+    if (virtio_init(b, 0, fsq, 2, 0)) { puts("FSBAD reinit failed\n"); return; }
+    struct fuse_init_in in = {7, 31, 0, 0};
+    int e = fuse_call(FUSE_INIT, 0, &in, sizeof(in), 0, 0, 16 + 64, 0);
+    puts("FSBAD init error=");
+    putsigned(e);
+    putc('\n');
+    /* Bad descriptors on both queues: outside guest memory, a huge
+     * length, a chain that loops on itself. The backend may give up. */
+    struct vq *q = &fsq[1];
+    q->desc[0] = (struct vdesc){0x7fff00000000UL, 64, D_NEXT, 1};
+    q->desc[1] = (struct vdesc){(u64)fs_out, 4096, D_WRITE, 0};
+    q->desc[2] = (struct vdesc){(u64)fs_in, 0xffffffffu, D_NEXT, 1};
+    q->desc[3] = (struct vdesc){(u64)fs_in, 64, D_NEXT, 3};
+    vq_submit(q, 0);
+    vq_submit(q, 2);
+    vq_submit(q, 3);
+    struct vq *hq = &fsq[0];
+    hq->desc[0] = (struct vdesc){0xfffffffff000UL, 0xffffffffu, D_NEXT | D_WRITE, 0};
+    vq_submit(hq, 0);
+    u32 answered = 0;
+    for (int i = 0; i < 3; i++)
+        if (vq_wait_used_for(q, 0, 20000000UL) == 0) answered++;
+    puts("FSBAD posted=4 answered=");
+    putdec(answered);
+    putc('\n');
+    u32 st = fs_wait_needs_reset(b);
+    puts("FSBAD after status=");
+    puthex(st);
+    putc('\n');
+    /* Setting the device up again: refused if the backend is gone. */
+    qmem_next = 0;
+    int r = virtio_init(b, 0, fsq, 2, 0);
+    puts("FSBAD again init=");
+    putsigned(r);
+    puts(" status=");
+    puthex(vr(b, VM_STATUS));
+    putc('\n');
+    puts("FSBAD-DONE\n");
+    do_wait();
+}
+
 static void do_serialflood(const char *cmd) {
     const char *v = find_token(cmd, "bytes=");
     u64 want = v ? parse_dec(v) : 200000;
@@ -1086,6 +1415,10 @@ void guest_main(long proto, u64 info) {
         do_serialflood(bi.cmdline);
     } else if (mode_is(mode, "blkid")) {
         do_blkid();
+    } else if (mode_is(mode, "fsbad")) {
+        do_fsbad();
+    } else if (mode_is(mode, "fs")) {
+        do_fs(bi.cmdline);
     } else if (mode_is(mode, "blk")) {
         do_blk();
     } else if (mode_is(mode, "wait")) {

@@ -59,6 +59,12 @@ pub fn vmm_argv(vm: &VmConfig, serial_log_max: u64) -> Vec<OsString> {
         a.push("--drive-slot".into());
         a.push(format!("id={s}").into());
     }
+    if vm.shared_fs.is_some() {
+        let mut spec = OsString::from(format!("tag={},socket=", ampoule_agent_api::SHARED_FS_TAG));
+        spec.push(crate::pod::share_fs::virtiofsd::socket_path(&vm.dir));
+        a.push("--fs".into());
+        a.push(spec);
+    }
     a
 }
 
@@ -80,6 +86,8 @@ impl Hypervisor for AmpouleVmm {
             tracing::warn!("the ampoule backend runs ampoule-vmm unjailed");
         }
         let mut group = ProcessGroup::new();
+        // The VMM connects to virtiofsd's socket as it starts.
+        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, None)?;
         let mut cmd = Command::new(&self.binary);
         let argv = vmm_argv(vm, self.serial_log_max);
         tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");
@@ -156,5 +164,33 @@ mod tests {
                 "id=slot1"
             ]
         );
+    }
+
+    #[test]
+    fn a_shared_directory_becomes_a_virtio_fs_device_on_virtiofsds_socket() {
+        let vm = VmConfig {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            drives: vec![],
+            drive_slots: vec![],
+            dir: "/run/s".into(),
+            vsock_uds: "/run/s/vsock.sock".into(),
+            serial_log: "/run/s/serial.log".into(),
+            accel: Accel::Kvm,
+            jail: None,
+            shared_fs: Some(crate::hypervisor::SharedFs {
+                dir: "/run/.shared/s".into(),
+                virtiofsd: "/usr/local/bin/virtiofsd".into(),
+            }),
+        };
+        let a: Vec<String> = vmm_argv(&vm, 4096)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let at = a.iter().position(|x| x == "--fs").expect("--fs");
+        assert_eq!(a[at + 1], "tag=ampoule,socket=/run/s/virtiofs.sock");
     }
 }

@@ -313,6 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_directory_becomes_a_vhost_user_fs_device_and_none_without_it() {
+        let mut v = vm(Accel::Tcg, 1);
+        assert!(!argv(&v).iter().any(|x| x.contains("vhost-user-fs")));
+        v.shared_fs = Some(crate::hypervisor::SharedFs {
+            dir: "/run/.shared/1".into(),
+            virtiofsd: "virtiofsd".into(),
+        });
+        let a = argv(&v);
+        assert!(after(&a, "-chardev").contains(&"socket,id=fs0,path=/run/s/1/virtiofs.sock"));
+        assert!(after(&a, "-device").contains(&"vhost-user-fs-device,chardev=fs0,tag=ampoule"));
+    }
+
+    #[test]
     fn accel_tcg_and_kvm() {
         let a = argv(&vm(Accel::Tcg, 1));
         assert_eq!(after(&a, "-accel"), ["tcg,tb-size=128"]);

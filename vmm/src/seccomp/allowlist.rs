@@ -3,14 +3,15 @@
 //! socket families, `O_CREAT`).
 //!
 //! Measured with `strace -f -qq` on every VM test binary (boot, block,
-//! hostile, lifecycle, vsock, bad_config) and
+//! hostile, lifecycle, vsock, bad_config, virtio_fs) and
 //! `vmm/scripts/seccomp-syscalls.py`, which gives each syscall to the thread
 //! kind that made it after the point where that thread now installs its
 //! filter. A few calls the tests do not reach are added from the code
 //! and named as such: `KVM_GET_REGS` (report of a KVM internal error),
 //! `fdatasync` (virtio-blk flush), `shutdown` (vsock half-close),
 //! `clock_gettime` (where the vDSO falls back to the syscall), `getrandom`
-//! (a hash map's keys in a new thread).
+//! (a hash map's keys in a new thread), `fcntl(F_GETFD)` (debug builds
+//! check an fd before closing it).
 
 use seccompiler::{
     BackendError, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
@@ -73,6 +74,9 @@ fn runtime() -> Result<Vec<SyscallRules>, BackendError> {
         any(libc::SYS_clock_gettime),
         // Not measured: a hash map created in this thread seeds its keys.
         any(libc::SYS_getrandom),
+        // Debug builds only: std checks that an fd is open before it
+        // closes it (a thread dropping a file, a stream or a vCPU).
+        arg_in(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?,
     ])
 }
 
@@ -115,6 +119,19 @@ fn vsock() -> Result<Vec<SyscallRules>, BackendError> {
         any(libc::SYS_shutdown),
         arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
     ])
+}
+
+/// The virtio-fs device thread: vhost-user messages (with the memory
+/// region's fd and the eventfds as SCM_RIGHTS) on an already connected
+/// socket, eventfd reads, epoll.
+fn vhost_user() -> Vec<SyscallRules> {
+    vec![
+        any(libc::SYS_epoll_wait),
+        any(libc::SYS_epoll_ctl),
+        any(libc::SYS_read),
+        any(libc::SYS_sendmsg),
+        any(libc::SYS_recvmsg),
+    ]
 }
 
 fn api_client() -> Result<Vec<SyscallRules>, BackendError> {
@@ -176,6 +193,7 @@ pub fn rules(kind: ThreadKind) -> Result<Vec<SyscallRules>, BackendError> {
         ThreadKind::Main => groups.extend(main_thread()),
         ThreadKind::Vcpu => groups.extend(vcpu()?),
         ThreadKind::Vsock => groups.extend(vsock()?),
+        ThreadKind::VhostUser => groups.extend(vhost_user()),
         ThreadKind::ApiClient => groups.extend(api_client()?),
         // Client threads start under the listener's filter and add their
         // own: the listener's list must hold theirs.
@@ -224,7 +242,9 @@ mod tests {
             let ioctl = r.iter().find(|(nr, _)| *nr == libc::SYS_ioctl);
             match kind {
                 ThreadKind::Vcpu => assert_eq!(ioctl.map(|(_, r)| r.len()), Some(2)),
-                ThreadKind::Main | ThreadKind::ApiClient => assert!(ioctl.is_none(), "{kind:?}"),
+                ThreadKind::Main | ThreadKind::ApiClient | ThreadKind::VhostUser => {
+                    assert!(ioctl.is_none(), "{kind:?}")
+                }
                 // FIONBIO only.
                 ThreadKind::Vsock | ThreadKind::Api => {
                     assert_eq!(ioctl.map(|(_, r)| r.len()), Some(1), "{kind:?}")
@@ -276,6 +296,25 @@ mod tests {
                 listener_rules.is_empty() || listener_rules.len() >= client_rules.len(),
                 "syscall {nr}"
             );
+        }
+    }
+
+    #[test]
+    fn the_vhost_user_thread_cannot_open_files_or_sockets() {
+        // Its one socket is connected before privileges are dropped.
+        let n = names(ThreadKind::VhostUser);
+        for forbidden in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_openat,
+            libc::SYS_open,
+            libc::SYS_memfd_create,
+        ] {
+            assert!(!n.contains(&forbidden), "{forbidden}");
+        }
+        for needed in [libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_epoll_wait] {
+            assert!(n.contains(&needed), "{needed}");
         }
     }
 

@@ -30,6 +30,10 @@ pub enum ThreadKind {
     Vcpu,
     /// The vsock backend thread: guest packets to and from Unix sockets.
     Vsock,
+    /// A virtio-fs device thread: vhost-user requests to its backend
+    /// (virtiofsd) on the socket connected at start, and the relay of the
+    /// backend's used-buffer notifications into the guest's interrupt.
+    VhostUser,
     /// The control socket's listener: accepts clients and starts a thread
     /// for each.
     Api,
@@ -39,10 +43,11 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Vsock,
+        ThreadKind::VhostUser,
         ThreadKind::Api,
         ThreadKind::ApiClient,
     ];

@@ -1,8 +1,18 @@
 //! The KVM VM: guest memory registered with KVM, in-kernel irqchip and PIT.
+//!
+//! Guest memory is anonymous private memory, or, when a vhost-user backend
+//! must map it too (virtio-fs), a sealed memfd mapped shared: its fd goes to
+//! the backend in `VHOST_USER_SET_MEM_TABLE`.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MmapRegion,
+};
 
 /// Errors while creating the VM.
 #[derive(Debug, thiserror::Error)]
@@ -34,16 +44,69 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-/// Allocates `size` bytes of anonymous guest memory at guest address 0.
-pub fn create_memory(size: u64) -> Result<GuestMemoryMmap, VmError> {
-    let len = usize::try_from(size).map_err(|_| VmError::Memory {
+/// How guest memory is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Anonymous private memory (no other process maps it).
+    Anonymous,
+    /// A sealed memfd mapped shared, whose fd a vhost-user backend can map.
+    SharedMemfd,
+}
+
+/// Allocates `size` bytes of guest memory at guest address 0.
+pub fn create_memory(size: u64, backing: MemoryBacking) -> Result<GuestMemoryMmap, VmError> {
+    let err = |reason: String| VmError::Memory {
         mib: size >> 20,
-        reason: "too large".into(),
-    })?;
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).map_err(|e| VmError::Memory {
-        mib: size >> 20,
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let len = usize::try_from(size).map_err(|_| err("too large".into()))?;
+    match backing {
+        MemoryBacking::Anonymous => {
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).map_err(|e| err(e.to_string()))
+        }
+        MemoryBacking::SharedMemfd => {
+            let file = sealed_memfd(size).map_err(|e| err(format!("memfd: {e}")))?;
+            let region = MmapRegion::from_file(FileOffset::new(file, 0), len)
+                .map_err(|e| err(format!("mapping the memfd: {e}")))?;
+            let region = GuestRegionMmap::new(region, GuestAddress(0))
+                .ok_or_else(|| err("region end overflows".into()))?;
+            GuestMemoryMmap::from_regions(vec![region]).map_err(|e| err(e.to_string()))
+        }
+    }
+}
+
+/// A memfd of `size` bytes whose size is sealed (it can neither grow nor
+/// shrink, so no process mapping it can be made to fault by a truncate)
+/// and whose seals are sealed.
+fn sealed_memfd(size: u64) -> std::io::Result<File> {
+    let len = libc::off_t::try_from(size).map_err(|_| std::io::Error::other("too large"))?;
+    // SAFETY: the name is a NUL-terminated string literal; memfd_create only
+    // reads it and returns a new fd or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"ampoule-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len as u64)?;
+    let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    if unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Creates the VM, registers `mem` and creates the irqchip and PIT.
@@ -81,4 +144,37 @@ pub fn create_vm(kvm_sys: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> 
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     kvm(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use vm_memory::{Bytes, GuestMemoryRegion};
+
+    #[test]
+    fn shared_memory_is_one_sealed_memfd_region_and_anonymous_memory_has_no_file() {
+        let mem = create_memory(4 << 20, MemoryBacking::SharedMemfd).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        let region = mem.iter().next().unwrap();
+        assert_eq!(region.len(), 4 << 20);
+        let fo = region.file_offset().expect("a memfd-backed region");
+        assert_eq!(fo.start(), 0);
+        let file = fo.file();
+        // SAFETY: F_GET_SEALS on an fd the region owns; integer arguments only.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let want = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        assert_eq!(seals & want, want, "seals {seals:#x}");
+        assert!(file.set_len(8 << 20).is_err(), "the size is sealed");
+        // Writes through the mapping reach the file (MAP_SHARED).
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut buf, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
+
+        let anon = create_memory(4 << 20, MemoryBacking::Anonymous).unwrap();
+        assert!(anon.iter().next().unwrap().file_offset().is_none());
+    }
 }

@@ -313,7 +313,13 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
+            reg::STATUS => {
+                if self.status & STATUS_DRIVER_OK != 0 && self.device.needs_reset() {
+                    self.status | STATUS_NEEDS_RESET
+                } else {
+                    self.status
+                }
+            }
             reg::CONFIG_GENERATION => self.config_generation,
             _ => {
                 self.bad("read of a write-only or unknown register", offset);

@@ -1,6 +1,7 @@
 //! virtio 1.x devices on the virtio-mmio transport.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -65,7 +66,7 @@ impl Interrupt {
 
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id (2 block, 19 vsock).
+    /// virtio device id (2 block, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -87,8 +88,19 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), String>;
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u32);
+    /// Eventfds to signal, instead of a `queue_notify` call, when the
+    /// driver writes a queue index to QueueNotify (registered with KVM as
+    /// ioeventfds with that index as datamatch). None by default.
+    fn queue_notify_eventfds(&self) -> Vec<(u32, Arc<EventFd>)> {
+        Vec::new()
+    }
     /// The driver reset the device: drop the queues.
     fn reset(&mut self);
+    /// The device entered an error state since DRIVER_OK (its backend
+    /// died, say): the transport shows DEVICE_NEEDS_RESET.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` out of `config`, zero past its end.
