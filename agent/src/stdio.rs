@@ -28,7 +28,8 @@ use tokio::sync::{oneshot, watch};
 /// Longest header line accepted, newline included.
 pub const MAX_HEADER: usize = 512;
 /// Longest container or exec id accepted.
-pub const MAX_ID: usize = 128;
+#[cfg(test)]
+use ampoule_agent_api::MAX_ID;
 /// How long a new connection may take to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unclaimed connections kept at most (the rest are refused).
@@ -85,15 +86,7 @@ pub enum StdioError {
 
 /// Ids are what containerd and engines use: letters, digits, `_.-`, and
 /// not `.`/`..`, so they are also safe as path components.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-}
+pub use ampoule_agent_api::valid_id;
 
 /// Parses one header line (without its newline).
 pub fn parse_header(line: &[u8]) -> Result<StreamKey, StdioError> {

@@ -201,6 +201,11 @@ impl ProcessGroup {
         self.members.iter().map(|m| m.pid).collect()
     }
 
+    /// A receiver of the first member exit.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitEvent>> {
+        self.first_exit.clone()
+    }
+
     /// The first member exit, if any happened.
     pub fn first_exit(&self) -> Option<ExitEvent> {
         self.first_exit.borrow().clone()

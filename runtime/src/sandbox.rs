@@ -10,17 +10,17 @@
 //! Stop: the agent's Shutdown, a bounded wait for the VM to exit, then kill;
 //! in every case the processes are reaped and the directory removed.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ampoule_agent_api::{CheckRequest, CheckResponse, ShutdownRequest};
+use ampoule_agent_api::CheckResponse;
 use tokio::net::UnixStream;
 
-use crate::agent_client::{self, AgentClient, AgentError, DEFAULT_CALL_TIMEOUT};
+use crate::agent_client::{self, AgentClient, AgentError};
 use crate::config::{self, Config, ConfigError, HypervisorKind};
 use crate::host::{self, BackendChoice, HostError, HostFacts};
 use crate::hypervisor::{self, log_block, Drive, HypervisorError, VmConfig, VM_PROCESS};
+use crate::pod::guest::Guest;
 use crate::pod::share_fs::{self, SharedDir};
 use crate::process::{ExitEvent, ProcessGroup};
 use crate::vsock::{self, ReadyListener, StdioStream, VsockError};
@@ -136,7 +136,7 @@ pub struct Sandbox {
     vcpus: u32,
     memory_mib: u32,
     vm: ProcessGroup,
-    agent: AgentClient,
+    guest: Guest,
     agent_version: String,
     boot_time: Duration,
     timings: BootTimings,
@@ -345,6 +345,7 @@ impl Sandbox {
 
         match Self::boot(&*hv, &vm, timeout, t0).await {
             Ok((group, agent, agent_version, timings)) => {
+                let group_exit = group.exit_watch();
                 let boot_time = t0.elapsed();
                 tracing::info!(sandbox = %id, boot_ms = boot_time.as_millis() as u64, %agent_version, "sandbox ready");
                 Ok(Sandbox {
@@ -356,7 +357,7 @@ impl Sandbox {
                     vcpus,
                     memory_mib,
                     vm: group,
-                    agent,
+                    guest: Guest::supervised(agent, group_exit),
                     agent_version,
                     boot_time,
                     timings,
@@ -480,16 +481,16 @@ impl Sandbox {
     pub fn boot_timings(&self) -> BootTimings {
         self.timings
     }
-    /// The raw ttrpc client. Prefer [`Sandbox::call`], which also notices the
-    /// VM dying.
     /// The pod's shared directory, when the sandbox has one.
     pub fn shared(&self) -> Option<&SharedDir> {
         self.shared.as_ref()
     }
 
-    pub fn agent(&self) -> &AgentClient {
-        &self.agent
+    /// The agent, through typed calls that fail as soon as the VM is gone.
+    pub fn guest(&self) -> &Guest {
+        &self.guest
     }
+
     /// pid of the VM process (QEMU or ampoule-vmm).
     pub fn vm_pid(&self) -> Option<u32> {
         self.vm.pid_of(VM_PROCESS)
@@ -507,35 +508,9 @@ impl Sandbox {
         self.vm.wait_first_exit().await
     }
 
-    /// Runs an agent call; fails at once with [`SandboxError::VmExited`] if
-    /// the VM ends first.
-    pub async fn call<T, F>(&self, call: &'static str, fut: F) -> Result<T, SandboxError>
-    where
-        F: Future<Output = ttrpc::Result<T>>,
-    {
-        if let Some(e) = self.vm.first_exit() {
-            return Err(SandboxError::VmExited(e));
-        }
-        tokio::select! {
-            r = fut => r.map_err(|source| {
-                match self.vm.first_exit() {
-                    Some(e) => SandboxError::VmExited(e),
-                    None => AgentError::Call { call, source }.into(),
-                }
-            }),
-            e = self.vm.wait_first_exit() => Err(SandboxError::VmExited(e)),
-        }
-    }
-
     /// The agent's Check.
     pub async fn check(&self) -> Result<CheckResponse, SandboxError> {
-        let req = CheckRequest::new();
-        self.call(
-            "Check",
-            self.agent
-                .check(agent_client::ctx(DEFAULT_CALL_TIMEOUT), &req),
-        )
-        .await
+        self.guest.check().await
     }
 
     /// Opens one stdio stream of a process (see `StdioConfig` in agent.proto).
@@ -563,10 +538,7 @@ impl Sandbox {
     pub async fn stop(mut self) -> StopReport {
         let mut graceful = false;
         if self.vm.first_exit().is_none() {
-            let req = ShutdownRequest::new();
-            let call = self
-                .agent
-                .shutdown(agent_client::ctx(SHUTDOWN_CALL_TIMEOUT), &req);
+            let call = self.guest.shutdown(SHUTDOWN_CALL_TIMEOUT);
             match tokio::time::timeout(SHUTDOWN_CALL_TIMEOUT, call).await {
                 Ok(r) => {
                     if let Err(e) = r {

@@ -1,14 +1,14 @@
 //! Exit statuses as containerd expects them, from the agent's answers or
 //! from the VM's death.
 
-use ampoule_agent_api::WaitProcessResponse;
+use ampoule_runtime::pod::guest::ProcessExit;
 
 /// Exit status of every process of a pod whose VM died under it.
 pub const VM_DIED_EXIT_STATUS: u32 = 255;
 
 /// The status containerd reports for a process the agent saw end: the exit
 /// code, or 128 + the signal for a death by signal (as a shell shows it).
-pub fn exit_status(resp: &WaitProcessResponse) -> u32 {
+pub fn exit_status(resp: &ProcessExit) -> u32 {
     if resp.signal > 0 {
         return 128 + resp.signal as u32;
     }
@@ -31,8 +31,8 @@ pub fn vm_death_status(vm_signal: Option<i32>) -> u32 {
 mod tests {
     use super::*;
 
-    fn resp(code: i32, signal: i32) -> WaitProcessResponse {
-        WaitProcessResponse {
+    fn resp(code: i32, signal: i32) -> ProcessExit {
+        ProcessExit {
             exit_status: code,
             signal,
             ..Default::default()

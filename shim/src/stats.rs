@@ -1,7 +1,7 @@
 //! The guest's cgroup v2 figures of a container, as containerd's
 //! `io.containerd.cgroups.v2.Metrics` (what `ctr task metrics` decodes).
 
-use ampoule_agent_api::StatsResponse;
+use ampoule_runtime::pod::guest::Stats;
 use containerd_shim_protos::cgroups_v2::metrics::{
     CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
@@ -12,7 +12,7 @@ use containerd_shim_protos::protobuf::Message;
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// Builds the Metrics message from the agent's answer.
-pub fn metrics(s: &StatsResponse) -> Metrics {
+pub fn metrics(s: &Stats) -> Metrics {
     let mut mem = MemoryStat {
         usage: s.memory_usage,
         usage_limit: s.memory_limit,
@@ -86,7 +86,7 @@ pub fn metrics(s: &StatsResponse) -> Metrics {
 }
 
 /// The Metrics as the Any of a StatsResponse.
-pub fn metrics_any(s: &StatsResponse) -> Result<Any, containerd_shim_protos::protobuf::Error> {
+pub fn metrics_any(s: &Stats) -> Result<Any, containerd_shim_protos::protobuf::Error> {
     Ok(Any {
         type_url: METRICS_TYPE_URL.to_string(),
         value: metrics(s).write_to_bytes()?,
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn figures_land_in_their_fields() {
-        let mut s = StatsResponse {
+        let mut s = Stats {
             cpu_usage_usec: 10,
             cpu_user_usec: 6,
             cpu_system_usec: 4,

@@ -6,17 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ampoule_agent_api as api;
-use ampoule_runtime::agent_client::{ctx, DEFAULT_CALL_TIMEOUT};
 use ampoule_runtime::hypervisor::Drive;
+use ampoule_runtime::pod::guest::{ContainerFiles, Guest, GuestProcess, ProcessExit, Stats, Stdio};
 use ampoule_runtime::{Config, Sandbox, SandboxError, SandboxSpec};
 
 use crate::io::{GuestStreams, StdioPaths};
 use ampoule_runtime::container::rootfs::{self, RootfsError};
 use ampoule_runtime::pod::share_fs::{self, RootfsSource};
-
-/// WaitProcess blocks until the process ends: no deadline of its own.
-const WAIT_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -76,23 +72,13 @@ pub struct Pod {
     serial_log_max: u64,
 }
 
-fn block_device(serial: &str) -> api::BlockDevice {
-    api::BlockDevice {
-        serial: serial.to_string(),
-        fstype: "erofs".into(),
-        options: vec!["ro".into()],
-        ..Default::default()
-    }
-}
-
 /// The agent's view of which streams will attach.
-pub fn stdio_config(paths: &StdioPaths) -> api::StdioConfig {
-    api::StdioConfig {
+pub fn stdio_config(paths: &StdioPaths) -> Stdio {
+    Stdio {
         stdin: paths.has_stdin(),
         stdout: paths.has_stdout(),
         stderr: paths.has_stderr(),
         terminal: paths.terminal,
-        ..Default::default()
     }
 }
 
@@ -106,7 +92,7 @@ impl Pod {
         sizes: (Option<u32>, Option<u32>),
         layer_images: &[PathBuf],
         shared_fs: bool,
-    ) -> Result<(Pod, Vec<api::BlockDevice>), VmError> {
+    ) -> Result<(Pod, Vec<String>), VmError> {
         if shared_fs {
             // Container files come through the shared directory: no images,
             // no drive slots, no limit on containers.
@@ -145,7 +131,7 @@ impl Pod {
                 path: image.clone(),
                 read_only: true,
             });
-            devices.push(block_device(&serial));
+            devices.push(serial.clone());
         }
         let mut slots = Vec::new();
         for n in 0..rootfs::slot_count(layer_images.len()) {
@@ -192,7 +178,7 @@ impl Pod {
     }
 
     /// Brings layer images into the running VM through free drive slots.
-    pub fn attach_layers(&self, images: &[PathBuf]) -> Result<Vec<api::BlockDevice>, VmError> {
+    pub fn attach_layers(&self, images: &[PathBuf]) -> Result<Vec<String>, VmError> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let free = slots.iter().filter(|s| !s.used).count();
         if free < images.len() {
@@ -206,7 +192,7 @@ impl Pod {
                 .ok_or(RootfsError::NoFreeSlot)?;
             rootfs::fill_slot(&slot.path, image)?;
             slot.used = true;
-            devices.push(block_device(&slot.serial));
+            devices.push(slot.serial.clone());
         }
         Ok(devices)
     }
@@ -277,35 +263,28 @@ impl Pod {
         .await?)
     }
 
-    fn agent(&self) -> &ampoule_runtime::agent_client::AgentClient {
-        self.sandbox.agent()
+    fn guest(&self) -> &Guest {
+        self.sandbox.guest()
     }
 
+    /// Creates a container on erofs images: `layers` and `bind_sources` are
+    /// the drive serials [`Pod::boot`] or [`Pod::attach_layers`] gave.
     pub async fn create_container(
         &self,
         id: &str,
         oci_spec: Vec<u8>,
-        layers: Vec<api::BlockDevice>,
-        bind_sources: Option<api::BlockDevice>,
+        layers: Vec<String>,
+        bind_sources: Option<String>,
         stdio: &StdioPaths,
     ) -> Result<u32, VmError> {
-        let req = api::CreateContainerRequest {
-            container_id: id.to_string(),
-            oci_spec,
-            rootfs_layers: layers,
-            stdio: Some(stdio_config(stdio)).into(),
-            bind_sources: bind_sources.into(),
-            ..Default::default()
+        let files = ContainerFiles::Images {
+            layers,
+            binds: bind_sources,
         };
-        let r = self
-            .sandbox
-            .call(
-                "CreateContainer",
-                self.agent()
-                    .create_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(r.pid)
+        Ok(self
+            .guest()
+            .create_container(id, oci_spec, files, stdio_config(stdio))
+            .await?)
     }
 
     /// Whether container files reach this pod through its shared directory.
@@ -325,18 +304,14 @@ impl Pod {
         let shared = self.sandbox.shared().ok_or_else(|| {
             share_fs::ShareFsError::BadRootfs("the pod has no shared directory".into())
         })?;
-        let files = share_fs::container::share(shared, id, &rootfs, &oci_spec, None)?;
-        let req = share_fs::container::create_request(id, files, stdio_config(stdio));
-        let r = self
-            .sandbox
-            .call(
-                "CreateContainer",
-                self.agent()
-                    .create_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await;
-        match r {
-            Ok(r) => Ok(r.pid),
+        let (oci_spec, files) =
+            share_fs::container::share(shared, id, &rootfs, &oci_spec, None)?.into_request_parts();
+        match self
+            .guest()
+            .create_container(id, oci_spec, files, stdio_config(stdio))
+            .await
+        {
+            Ok(pid) => Ok(pid),
             Err(e) => {
                 shared.remove_container(id);
                 Err(e.into())
@@ -351,104 +326,33 @@ impl Pod {
         }
     }
 
-    fn container_req(id: &str) -> api::ContainerRequest {
-        api::ContainerRequest {
-            container_id: id.to_string(),
-            ..Default::default()
-        }
-    }
-
     pub async fn start_container(&self, id: &str) -> Result<(), VmError> {
-        let req = Self::container_req(id);
-        self.sandbox
-            .call(
-                "StartContainer",
-                self.agent()
-                    .start_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().start_container(id).await?)
     }
 
     pub async fn delete_container(&self, id: &str, force: bool) -> Result<(), VmError> {
-        let req = api::DeleteContainerRequest {
-            container_id: id.to_string(),
-            force,
-            ..Default::default()
-        };
-        self.sandbox
-            .call(
-                "DeleteContainer",
-                self.agent()
-                    .delete_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().delete_container(id, force).await?)
     }
 
     pub async fn pause(&self, id: &str) -> Result<(), VmError> {
-        let req = Self::container_req(id);
-        self.sandbox
-            .call(
-                "PauseContainer",
-                self.agent()
-                    .pause_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().pause(id).await?)
     }
 
     pub async fn resume(&self, id: &str) -> Result<(), VmError> {
-        let req = Self::container_req(id);
-        self.sandbox
-            .call(
-                "ResumeContainer",
-                self.agent()
-                    .resume_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().resume(id).await?)
     }
 
     /// `resources`: OCI linux.resources as JSON.
     pub async fn update(&self, id: &str, resources: Vec<u8>) -> Result<(), VmError> {
-        let req = api::UpdateContainerRequest {
-            container_id: id.to_string(),
-            resources,
-            ..Default::default()
-        };
-        self.sandbox
-            .call(
-                "UpdateContainer",
-                self.agent()
-                    .update_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().update(id, resources).await?)
     }
 
-    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse, VmError> {
-        let req = Self::container_req(id);
-        Ok(self
-            .sandbox
-            .call(
-                "StatsContainer",
-                self.agent()
-                    .stats_container(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?)
+    pub async fn stats(&self, id: &str) -> Result<Stats, VmError> {
+        Ok(self.guest().stats(id).await?)
     }
 
-    pub async fn list_processes(&self, id: &str) -> Result<Vec<api::ProcessInfo>, VmError> {
-        let req = Self::container_req(id);
-        Ok(self
-            .sandbox
-            .call(
-                "ListProcesses",
-                self.agent().list_processes(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?
-            .processes)
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<GuestProcess>, VmError> {
+        Ok(self.guest().list_processes(id).await?)
     }
 
     /// `process`: the OCI process as JSON.
@@ -459,21 +363,10 @@ impl Pod {
         process: Vec<u8>,
         stdio: &StdioPaths,
     ) -> Result<u32, VmError> {
-        let req = api::ExecProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            process,
-            stdio: Some(stdio_config(stdio)).into(),
-            ..Default::default()
-        };
-        let r = self
-            .sandbox
-            .call(
-                "ExecProcess",
-                self.agent().exec_process(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(r.pid)
+        Ok(self
+            .guest()
+            .exec(id, exec_id, process, stdio_config(stdio))
+            .await?)
     }
 
     pub async fn signal(
@@ -483,51 +376,16 @@ impl Pod {
         signal: u32,
         all: bool,
     ) -> Result<(), VmError> {
-        let req = api::SignalProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            signal,
-            all,
-            ..Default::default()
-        };
-        self.sandbox
-            .call(
-                "SignalProcess",
-                self.agent().signal_process(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
-    }
-
-    fn process_req(id: &str, exec_id: &str) -> api::ProcessRequest {
-        api::ProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            ..Default::default()
-        }
+        Ok(self.guest().signal(id, exec_id, signal, all).await?)
     }
 
     /// Blocks until the process ended and its output was sent.
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<api::WaitProcessResponse, VmError> {
-        let req = Self::process_req(id, exec_id);
-        Ok(self
-            .sandbox
-            .call(
-                "WaitProcess",
-                self.agent().wait_process(ctx(WAIT_FOREVER), &req),
-            )
-            .await?)
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ProcessExit, VmError> {
+        Ok(self.guest().wait(id, exec_id).await?)
     }
 
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), VmError> {
-        let req = Self::process_req(id, exec_id);
-        self.sandbox
-            .call(
-                "CloseStdin",
-                self.agent().close_stdin(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().close_stdin(id, exec_id).await?)
     }
 
     pub async fn resize(
@@ -537,33 +395,12 @@ impl Pod {
         rows: u32,
         cols: u32,
     ) -> Result<(), VmError> {
-        let req = api::ResizeTtyRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            rows,
-            cols,
-            ..Default::default()
-        };
-        self.sandbox
-            .call(
-                "ResizeTty",
-                self.agent().resize_tty(ctx(DEFAULT_CALL_TIMEOUT), &req),
-            )
-            .await?;
-        Ok(())
+        Ok(self.guest().resize(id, exec_id, rows, cols).await?)
     }
 
     /// Blocks until a container of the pod is hit by the OOM killer.
     pub async fn oom_event(&self) -> Result<String, VmError> {
-        let req = api::Empty::default();
-        Ok(self
-            .sandbox
-            .call(
-                "GetOomEvent",
-                self.agent().get_oom_event(ctx(WAIT_FOREVER), &req),
-            )
-            .await?
-            .container_id)
+        Ok(self.guest().oom_event().await?)
     }
 
     /// Shuts the guest down (or kills it) and removes its files.

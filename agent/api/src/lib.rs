@@ -62,3 +62,18 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SHARED_FS_TAG: &str = "ampoule";
 /// Where the agent mounts the shared filesystem in the guest.
 pub const SHARED_FS_GUEST_DIR: &str = "/run/ampoule/shared";
+
+/// Longest container or exec id.
+pub const MAX_ID: usize = 128;
+
+/// Whether `id` is a valid container or exec id: 1-128 of `[A-Za-z0-9_.-]`,
+/// not `.` or `..`. The one rule the agent, the runtime and the shim apply.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}

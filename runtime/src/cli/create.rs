@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ampoule_runtime::agent_client;
-use ampoule_runtime::api;
 use ampoule_runtime::config::RootfsSharing;
 use ampoule_runtime::container::{self, rootfs, Bundle};
 use ampoule_runtime::pod::share_fs;
@@ -212,7 +210,7 @@ async fn prepare(
     let terminal = bundle.terminal();
     let cfg = container::stdio_config(terminal);
     let mut binds_image = None;
-    let req = match sharing {
+    let image_files = match sharing {
         RootfsSharing::VirtioFs => {
             // A bad bind source is refused before anything boots.
             let (_, plan) = share_fs::container::plan_binds(&bundle.config_json, Some(&bundle.dir))
@@ -233,18 +231,13 @@ async fn prepare(
                 binds_image = Some(out);
             }
             spec.drives = container::drives(&image, binds_image.as_deref());
-            Some(container::create_request(
-                id,
-                bundle,
-                cfg.clone(),
-                binds_image.is_some(),
-            ))
+            Some(container::image_files(binds_image.is_some()))
         }
     };
     let sandbox = Sandbox::start(&ctx.config, spec).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
-    let req = match (req, sandbox.shared()) {
-        (Some(r), _) => r,
+    let (oci_spec, files) = match (image_files, sandbox.shared()) {
+        (Some(files), _) => (bundle.config_json.clone(), files),
         (None, Some(shared)) => {
             let rootfs = share_fs::RootfsSource::Dir(bundle.rootfs.clone());
             match share_fs::container::share(
@@ -254,7 +247,7 @@ async fn prepare(
                 &bundle.config_json,
                 Some(&bundle.dir),
             ) {
-                Ok(files) => share_fs::container::create_request(id, files, cfg.clone()),
+                Ok(files) => files.into_request_parts(),
                 Err(e) => {
                     sandbox.stop().await;
                     return Err(anyhow::Error::new(e).context(format!("create container {id:?}")));
@@ -269,12 +262,7 @@ async fn prepare(
     // The streams are opened while the agent creates the container: it
     // holds connections that arrive before the process exists.
     let (created, streams) = tokio::join!(
-        sandbox.call(
-            "CreateContainer",
-            sandbox
-                .agent()
-                .create_container(agent_client::ctx(Duration::from_secs(60)), &req),
-        ),
+        sandbox.guest().create_container(id, oci_spec, files, cfg),
         container::open_streams(sandbox.vsock_uds(), id, "", &cfg),
     );
     let created = match created {
@@ -308,7 +296,7 @@ async fn prepare(
             stdio::relay_pty(
                 streams,
                 slave,
-                sandbox.agent().clone(),
+                sandbox.guest().clone(),
                 id.to_string(),
                 String::new(),
             )?
@@ -317,7 +305,7 @@ async fn prepare(
             if terminal && foreground {
                 raw = Some(stdio::RawMode::enter());
                 let _ = stdio::forward_own_winsize(
-                    sandbox.agent().clone(),
+                    sandbox.guest().clone(),
                     id.to_string(),
                     String::new(),
                 );
@@ -332,7 +320,7 @@ async fn prepare(
         s.monitor_start_time = state::process_start_time(me).unwrap_or(0);
         s.sandbox_dir = sandbox.dir().to_path_buf();
         s.vsock_uds = sandbox.vsock_uds().to_path_buf();
-        s.guest_pid = created.pid;
+        s.guest_pid = created;
         s.private_images = binds_image.iter().cloned().collect();
     });
     if let Err(e) = saved {
@@ -376,30 +364,19 @@ async fn supervise(ctx: &Ctx, id: &str, p: Prepared, forward_signals: bool) -> i
             }
         }
     }
-    let req = api::ProcessRequest {
-        container_id: id.to_string(),
-        exec_id: String::new(),
-        ..Default::default()
-    };
+    let guest = sandbox.guest();
     let status = {
-        let wait = sandbox.call(
-            "WaitProcess",
-            sandbox
-                .agent()
-                .wait_process(ttrpc::context::with_timeout(0), &req),
-        );
+        let wait = guest.wait(id, "");
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 r = &mut wait => break r,
                 Some(sig) = sig_rx.recv() => {
-                    let req = api::SignalProcessRequest { container_id: id.to_string(), signal: sig as u32, ..Default::default() };
-                    let _ = sandbox.agent().signal_process(agent_client::ctx(Duration::from_secs(5)), &req).await;
+                    let _ = guest.signal(id, "", sig as u32, false).await;
                 }
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
                     if forward_signals {
-                        let req = api::SignalProcessRequest { container_id: id.to_string(), signal: 15, ..Default::default() };
-                        let _ = sandbox.agent().signal_process(agent_client::ctx(Duration::from_secs(5)), &req).await;
+                        let _ = guest.signal(id, "", 15, false).await;
                     } else {
                         tracing::info!(container = id, "monitor terminated: stopping the sandbox");
                         break Err(SandboxError::VmExited(ampoule_runtime::process::ExitEvent {
@@ -501,18 +478,10 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     if let Some(f) = &c.pid_file {
         write_pid_file(f, std::process::id())?;
     }
-    let req = api::ContainerRequest {
-        container_id: c.id.clone(),
-        ..Default::default()
-    };
     let started = p
         .sandbox
-        .call(
-            "StartContainer",
-            p.sandbox
-                .agent()
-                .start_container(agent_client::ctx(Duration::from_secs(30)), &req),
-        )
+        .guest()
+        .start_container(&c.id)
         .await
         .map_err(anyhow::Error::new);
     if let Err(e) = started {

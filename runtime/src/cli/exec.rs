@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ampoule_runtime::agent_client::{self, connect_agent, AgentError};
-use ampoule_runtime::api;
 use ampoule_runtime::container::{self, Bundle};
+use ampoule_runtime::pod::guest::Guest;
 use ampoule_runtime::state::{effective_status, Status};
 use anyhow::Context;
 
@@ -151,30 +150,19 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut notify = stdio::notify_pipe();
-    let agent = connect_agent(&s.vsock_uds, Duration::from_secs(5))
+    let guest = Guest::connect(&s.vsock_uds, Duration::from_secs(5))
         .await
         .with_context(|| format!("cannot reach the agent of container {}", a.id))?;
     let exec_id = format!("exec-{}", ampoule_runtime::sandbox::random_id());
     let cfg = container::stdio_config(a.tty);
-    let req = api::ExecProcessRequest {
-        container_id: a.id.clone(),
-        exec_id: exec_id.clone(),
-        process,
-        stdio: protobuf::MessageField::some(cfg.clone()),
-        ..Default::default()
-    };
     // The streams are opened while the agent starts the process: it holds
     // connections that arrive first (and drops them if the exec fails).
     let (started, streams) = tokio::join!(
-        agent.exec_process(agent_client::ctx(Duration::from_secs(30)), &req),
+        guest.exec(&a.id, &exec_id, process, cfg),
         container::open_streams(&s.vsock_uds, &a.id, &exec_id, &cfg),
     );
     if let Err(e) = started {
-        let msg = format!(
-            "exec in container {:?}: {}",
-            a.id,
-            AgentError::call("ExecProcess")(e)
-        );
+        let msg = format!("exec in container {:?}: {e}", a.id);
         stdio::notify(&mut notify, &format!("ERR 1 {msg}"));
         anyhow::bail!(msg);
     }
@@ -184,14 +172,14 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Some(sock) => stdio::relay_pty(
             streams,
             stdio::console_to_socket(sock)?,
-            agent.clone(),
+            guest.clone(),
             a.id.clone(),
             exec_id.clone(),
         )?,
         None => {
             if a.tty {
                 _raw = Some(stdio::RawMode::enter());
-                let _ = stdio::forward_own_winsize(agent.clone(), a.id.clone(), exec_id.clone());
+                let _ = stdio::forward_own_winsize(guest.clone(), a.id.clone(), exec_id.clone());
             }
             stdio::relay_own_stdio(streams)
         }
@@ -201,14 +189,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     stdio::notify(&mut notify, &format!("OK {}", std::process::id()));
-    let wait = api::ProcessRequest {
-        container_id: a.id.clone(),
-        exec_id: exec_id.clone(),
-        ..Default::default()
-    };
-    let r = agent
-        .wait_process(ttrpc::context::with_timeout(0), &wait)
-        .await;
+    let r = guest.wait(&a.id, &exec_id).await;
     match r {
         Ok(w) => {
             relay.finish(Duration::from_secs(10)).await;
@@ -217,9 +198,8 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Err(e) => {
             relay.finish(Duration::from_millis(200)).await;
             Err(anyhow::anyhow!(
-                "lost the exec'd process in container {:?}: {}",
-                a.id,
-                AgentError::call("WaitProcess")(e)
+                "lost the exec'd process in container {:?}: {e}",
+                a.id
             ))
         }
     }

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ampoule_runtime::agent_client::{self, connect_agent, AgentClient, AgentError};
-use ampoule_runtime::api;
 use ampoule_runtime::container::parse_signal;
+use ampoule_runtime::pod::guest::Guest;
 use ampoule_runtime::state::{effective_status, process_start_time, ContainerState, Status};
 use ampoule_runtime::text::escape_control;
 use anyhow::Context;
@@ -70,8 +69,8 @@ fn monitor_alive(s: &ContainerState) -> bool {
     s.monitor_pid != 0 && process_start_time(s.monitor_pid) == Some(s.monitor_start_time)
 }
 
-async fn agent_of(s: &ContainerState) -> anyhow::Result<AgentClient> {
-    connect_agent(&s.vsock_uds, Duration::from_secs(5))
+async fn agent_of(s: &ContainerState) -> anyhow::Result<Guest> {
+    Guest::connect(&s.vsock_uds, Duration::from_secs(5))
         .await
         .with_context(|| format!("cannot reach the agent of container {}", s.id))
 }
@@ -84,14 +83,9 @@ pub async fn start(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
         return Err(wrong_state(id, status, "start"));
     }
     let agent = agent_of(&s).await?;
-    let req = api::ContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
     agent
-        .start_container(agent_client::ctx(Duration::from_secs(30)), &req)
+        .start_container(id)
         .await
-        .map_err(AgentError::call("StartContainer"))
         .with_context(|| format!("start container {id:?}"))?;
     store.update(id, |s| {
         if s.status == Status::Created {
@@ -116,16 +110,9 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> anyhow::Result<i32> {
         return Err(wrong_state(&a.id, status, "kill"));
     }
     let agent = agent_of(&s).await?;
-    let req = api::SignalProcessRequest {
-        container_id: a.id.clone(),
-        signal: sig as u32,
-        all: a.all,
-        ..Default::default()
-    };
     agent
-        .signal_process(agent_client::ctx(Duration::from_secs(10)), &req)
+        .signal(&a.id, "", sig as u32, a.all)
         .await
-        .map_err(AgentError::call("SignalProcess"))
         .with_context(|| format!("signal container {:?}", a.id))?;
     Ok(0)
 }
@@ -193,21 +180,10 @@ pub async fn pause_resume(ctx: &Ctx, id: &str, pause: bool) -> anyhow::Result<i3
         return Err(wrong_state(id, status, what));
     }
     let agent = agent_of(&s).await?;
-    let req = api::ContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let c = agent_client::ctx(Duration::from_secs(30));
     if pause {
-        agent
-            .pause_container(c, &req)
-            .await
-            .map_err(AgentError::call("PauseContainer"))
+        agent.pause(id).await
     } else {
-        agent
-            .resume_container(c, &req)
-            .await
-            .map_err(AgentError::call("ResumeContainer"))
+        agent.resume(id).await
     }
     .with_context(|| format!("{what} container {id:?}"))?;
     store.update(id, |s| {
@@ -225,23 +201,18 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
         return Err(wrong_state(&a.id, status, "list processes of"));
     }
     let agent = agent_of(&s).await?;
-    let req = api::ContainerRequest {
-        container_id: a.id.clone(),
-        ..Default::default()
-    };
-    let r = agent
-        .list_processes(agent_client::ctx(Duration::from_secs(10)), &req)
+    let processes = agent
+        .list_processes(&a.id)
         .await
-        .map_err(AgentError::call("ListProcesses"))
         .with_context(|| format!("list processes of container {:?}", a.id))?;
     match a.format.as_str() {
         "json" => {
-            let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+            let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
             println!("{}", serde_json::to_string(&pids)?);
         }
         "table" => {
             println!("{:<8} {:<12} CMD", "PID", "EXEC");
-            for p in &r.processes {
+            for p in &processes {
                 println!("{}", ps_row(p.pid, &p.exec_id, &p.args));
             }
         }

@@ -7,9 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use ampoule_runtime::agent_client::{self, AgentClient};
-use ampoule_runtime::api;
 use ampoule_runtime::container::Streams;
+use ampoule_runtime::pod::guest::Guest;
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -74,7 +73,7 @@ pub fn relay_own_stdio(streams: Streams) -> Relay {
 pub fn relay_pty(
     streams: Streams,
     slave: OwnedFd,
-    agent: AgentClient,
+    guest: Guest,
     container_id: String,
     exec_id: String,
 ) -> anyhow::Result<Relay> {
@@ -95,7 +94,7 @@ pub fn relay_pty(
     }
     r.others.push(tokio::spawn(forward_winsize(
         slave,
-        agent,
+        guest,
         container_id,
         exec_id,
     )));
@@ -104,14 +103,14 @@ pub fn relay_pty(
 
 /// Forwards the window size of our own terminal (stdin) to the guest.
 pub fn forward_own_winsize(
-    agent: AgentClient,
+    guest: Guest,
     container_id: String,
     exec_id: String,
 ) -> Option<JoinHandle<()>> {
     let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
     nix::unistd::isatty(fd.as_raw_fd())
         .ok()?
-        .then(|| tokio::spawn(forward_winsize(fd, agent, container_id, exec_id)))
+        .then(|| tokio::spawn(forward_winsize(fd, guest, container_id, exec_id)))
 }
 
 fn winsize(fd: RawFd) -> Option<(u16, u16)> {
@@ -127,21 +126,14 @@ fn winsize(fd: RawFd) -> Option<(u16, u16)> {
     (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
-async fn forward_winsize(fd: OwnedFd, agent: AgentClient, container_id: String, exec_id: String) {
+async fn forward_winsize(fd: OwnedFd, guest: Guest, container_id: String, exec_id: String) {
     let mut last = None;
     loop {
         let now = winsize(fd.as_raw_fd());
         if now.is_some() && now != last {
             if let Some((rows, cols)) = now {
-                let req = api::ResizeTtyRequest {
-                    container_id: container_id.clone(),
-                    exec_id: exec_id.clone(),
-                    rows: rows.into(),
-                    cols: cols.into(),
-                    ..Default::default()
-                };
-                let _ = agent
-                    .resize_tty(agent_client::ctx(Duration::from_secs(5)), &req)
+                let _ = guest
+                    .resize(&container_id, &exec_id, rows.into(), cols.into())
                     .await;
             }
             last = now;

@@ -6,7 +6,7 @@ pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 
-use ampoule_agent_api as api;
+use crate::pod::guest::{ContainerFiles, Stdio};
 use oci_spec::runtime::Spec;
 
 use crate::config::{self, Config};
@@ -352,33 +352,6 @@ pub fn drives(rootfs_image: &Path, binds_image: Option<&Path>) -> Vec<Drive> {
     d
 }
 
-/// The agent request creating container `id` from `bundle`.
-pub fn create_request(
-    id: &str,
-    bundle: &Bundle,
-    stdio: api::StdioConfig,
-    with_binds: bool,
-) -> api::CreateContainerRequest {
-    let erofs = |serial: &str| api::BlockDevice {
-        serial: serial.into(),
-        fstype: "erofs".into(),
-        options: vec!["ro".into()],
-        ..Default::default()
-    };
-    api::CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec: bundle.config_json.clone(),
-        rootfs_layers: vec![erofs(ROOTFS_DRIVE)],
-        stdio: protobuf::MessageField::some(stdio),
-        bind_sources: if with_binds {
-            protobuf::MessageField::some(erofs(BINDS_DRIVE))
-        } else {
-            protobuf::MessageField::none()
-        },
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,14 +478,22 @@ pub struct Streams {
     pub stderr: Option<tokio::net::UnixStream>,
 }
 
+/// Where the agent finds a CLI container's files on the erofs path: the
+/// rootfs drive and, with bind mounts, the bind sources drive.
+pub fn image_files(with_binds: bool) -> ContainerFiles {
+    ContainerFiles::Images {
+        layers: vec![ROOTFS_DRIVE.to_string()],
+        binds: with_binds.then(|| BINDS_DRIVE.to_string()),
+    }
+}
+
 /// The stdio a process gets: all three streams, or stdin + stdout for a tty.
-pub fn stdio_config(terminal: bool) -> api::StdioConfig {
-    api::StdioConfig {
+pub fn stdio_config(terminal: bool) -> Stdio {
+    Stdio {
         stdin: true,
         stdout: true,
         stderr: !terminal,
         terminal,
-        ..Default::default()
     }
 }
 
@@ -553,7 +534,7 @@ pub async fn open_streams(
     uds: &Path,
     container_id: &str,
     exec_id: &str,
-    cfg: &api::StdioConfig,
+    cfg: &Stdio,
 ) -> Result<Streams, crate::vsock::VsockError> {
     let t = std::time::Duration::from_secs(10);
     open_each([cfg.stdin, cfg.stdout, cfg.stderr], |kind| {

@@ -2,4 +2,5 @@
 //! of its own: `share_fs` is the pod's shared directory (container root
 //! filesystems and bind mounts, served to the guest by virtiofsd).
 
+pub mod guest;
 pub mod share_fs;

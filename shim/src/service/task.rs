@@ -262,7 +262,7 @@ impl TaskService {
         config: &ampoule_runtime::Config,
         images: &[PathBuf],
         shared_fs: bool,
-    ) -> Result<(Arc<Pod>, Vec<ampoule_agent_api::BlockDevice>), VmError> {
+    ) -> Result<(Arc<Pod>, Vec<String>), VmError> {
         // The pod's size: the runtime's rule (annotations io.ampoule.vcpus /
         // io.ampoule.memory_mib, else the configured default or what the
         // sandbox's linux.resources asks, whichever is larger).

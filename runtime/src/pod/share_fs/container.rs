@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ampoule_agent_api as api;
+use crate::pod::guest::ContainerFiles;
 
 use super::{volumes, RootfsSource, ShareFsError, SharedDir};
 
@@ -60,18 +60,15 @@ pub fn share(
     })
 }
 
-/// The agent's CreateContainer request for files shared by [`share`].
-pub fn create_request(
-    id: &str,
-    files: SharedFiles,
-    stdio: api::StdioConfig,
-) -> api::CreateContainerRequest {
-    api::CreateContainerRequest {
-        container_id: id.to_string(),
-        oci_spec: files.spec_json,
-        stdio: protobuf::MessageField::some(stdio),
-        shared_rootfs: files.rootfs,
-        shared_binds: files.binds,
-        ..Default::default()
+impl SharedFiles {
+    /// The spec to send and where the agent finds the files.
+    pub fn into_request_parts(self) -> (Vec<u8>, ContainerFiles) {
+        (
+            self.spec_json,
+            ContainerFiles::Shared {
+                rootfs: self.rootfs,
+                binds: self.binds,
+            },
+        )
     }
 }

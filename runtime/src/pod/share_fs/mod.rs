@@ -169,13 +169,7 @@ impl SharedDir {
     }
 
     fn container_dir(&self, id: &str) -> Result<PathBuf, ShareFsError> {
-        let ok = !id.is_empty()
-            && id.len() <= 128
-            && !id.starts_with('.')
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !ok {
+        if crate::state::validate_id(id).is_err() {
             return Err(ShareFsError::BadId(id.to_string()));
         }
         Ok(self.root.join("containers").join(id))
