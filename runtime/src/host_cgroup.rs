@@ -75,8 +75,21 @@ fn relative(cgroups_path: &str) -> Result<Option<PathBuf>, CgroupError> {
 /// (a v1 controller needing setup first, like cpuset) is skipped with a
 /// warning.
 pub fn place(root: &Path, cgroups_path: &str, pids: &[u32]) -> Result<Vec<PathBuf>, CgroupError> {
+    place_except(root, cgroups_path, pids, None)
+}
+
+/// As [`place`], leaving out the hierarchy mounted at `except`.
+pub fn place_except(
+    root: &Path,
+    cgroups_path: &str,
+    pids: &[u32],
+    except: Option<&Path>,
+) -> Result<Vec<PathBuf>, CgroupError> {
     let mut created = Vec::new();
     for dir in directories(root, cgroups_path)? {
+        if except.is_some_and(|e| dir.starts_with(e)) {
+            continue;
+        }
         // Every level this call creates is removed at delete.
         let missing: Vec<PathBuf> = dir
             .ancestors()

@@ -141,6 +141,7 @@ pub struct Sandbox {
     boot_time: Duration,
     timings: BootTimings,
     shared: Option<SharedDir>,
+    jailed: bool,
     cleaned: bool,
 }
 
@@ -345,6 +346,8 @@ impl Sandbox {
 
         match Self::boot(&*hv, &vm, timeout, t0).await {
             Ok((group, agent, agent_version, timings)) => {
+                // The ampoule backend does not jail ampoule-vmm yet.
+                let jailed = vm.jail.is_some() && choice.backend == host::Backend::Qemu;
                 let group_exit = group.exit_watch();
                 let boot_time = t0.elapsed();
                 tracing::info!(sandbox = %id, boot_ms = boot_time.as_millis() as u64, %agent_version, "sandbox ready");
@@ -362,6 +365,7 @@ impl Sandbox {
                     boot_time,
                     timings,
                     shared,
+                    jailed,
                     cleaned: false,
                 })
             }
@@ -484,6 +488,11 @@ impl Sandbox {
     /// The pod's shared directory, when the sandbox has one.
     pub fn shared(&self) -> Option<&SharedDir> {
         self.shared.as_ref()
+    }
+
+    /// Whether the sandbox's host processes run in the jail.
+    pub fn jailed(&self) -> bool {
+        self.jailed
     }
 
     /// The agent, through typed calls that fail as soon as the VM is gone.

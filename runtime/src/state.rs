@@ -74,6 +74,10 @@ pub struct ContainerState {
     pub exit_status: Option<i32>,
     /// Images made for this container only (removed on delete).
     pub private_images: Vec<PathBuf>,
+    /// Host cgroup directories made for `linux.cgroupsPath` (removed on
+    /// delete).
+    #[serde(default)]
+    pub host_cgroups: Vec<PathBuf>,
     /// Uid of the creator.
     pub owner: u32,
 }
@@ -346,6 +350,7 @@ mod tests {
             guest_pid: 1,
             exit_status: None,
             private_images: vec![],
+            host_cgroups: vec![],
             owner: 0,
         }
     }

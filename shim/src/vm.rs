@@ -202,6 +202,15 @@ impl Pod {
     pub fn vm_pid(&self) -> Option<u32> {
         self.sandbox.vm_pid()
     }
+    /// Moves the VM's host processes into the pod's host cgroup; returns
+    /// the directories created.
+    pub fn place_in_cgroup(
+        &self,
+        cgroups_path: &str,
+    ) -> Result<Vec<PathBuf>, ampoule_runtime::host_cgroup::CgroupError> {
+        ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path)
+    }
+
     /// Host pids of the VM's processes.
     pub fn pids(&self) -> Vec<u32> {
         self.sandbox.pids()

@@ -1075,3 +1075,67 @@ fn a_bind_source_that_climbs_out_or_is_a_symlink_is_refused_before_boot() {
     }
     assert_clean(&env);
 }
+
+/// The cgroup directories of `rel` under every hierarchy of this host.
+fn cgroup_dirs(rel: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join(rel)];
+    }
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter(|e| e.path().join("cgroup.procs").exists())
+                .map(|e| e.path().join(rel))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_it() {
+    if !vm_test("create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_it") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let rel = format!("ampoule-test-{}/c1", std::process::id());
+    let b = env.bundle("b", &["sleep", "1000"], |v| {
+        v["linux"]["cgroupsPath"] = format!("/{rel}").into();
+    });
+    let out = create(&env, &b, "cg", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let vm_pids: Vec<u32> = ampoule_tests::processes_mentioning(env.env.tmp.path())
+        .into_iter()
+        .filter(|l| l.contains("qemu-system") || l.contains("ampoule-vmm"))
+        .filter_map(|l| l.split(':').next().and_then(|p| p.parse().ok()))
+        .collect();
+    assert_eq!(vm_pids.len(), 1, "one VM process");
+    // Every hierarchy but the jail's memory one holds the VM process.
+    let placed: Vec<_> = cgroup_dirs(&rel)
+        .into_iter()
+        .filter(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .map(|p| p.lines().any(|l| l.trim() == vm_pids[0].to_string()))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        !placed.is_empty(),
+        "the VM process is in no {rel} cgroup: {:?}",
+        cgroup_dirs(&rel)
+    );
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "cg"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    let gone = wait_until(10, || cgroup_dirs(&rel).iter().all(|d| !d.exists()));
+    assert!(gone, "cgroups left: {:?}", cgroup_dirs(&rel));
+    for d in cgroup_dirs(&format!("ampoule-test-{}", std::process::id())) {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert_clean(&env);
+}

@@ -102,6 +102,7 @@ fn initial_state(ctx: &Ctx, id: &str, bundle: &Bundle) -> ContainerState {
         guest_pid: 0,
         exit_status: None,
         private_images: Vec::new(),
+        host_cgroups: Vec::new(),
         owner: nix::unistd::geteuid().as_raw(),
     }
 }
@@ -234,6 +235,19 @@ async fn prepare(
             Some(container::image_files(binds_image.is_some()))
         }
     };
+    // A cgroupsPath the host cannot take is refused before anything boots.
+    if let Some(path) = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        ampoule_runtime::host_cgroup::directories(
+            Path::new(ampoule_runtime::pod::cgroups::CGROUP_ROOT),
+            &path.to_string_lossy(),
+        )
+        .context("linux.cgroupsPath")?;
+    }
     let sandbox = Sandbox::start(&ctx.config, spec).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
     let (oci_spec, files) = match (image_files, sandbox.shared()) {
@@ -313,6 +327,23 @@ async fn prepare(
             stdio::relay_own_stdio(streams)
         }
     };
+    // The sandbox's host processes go into linux.cgroupsPath, as the shim
+    // does for a pod.
+    let mut host_cgroups = Vec::new();
+    if let Some(path) = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        match ampoule_runtime::pod::cgroups::place(&sandbox, &path.to_string_lossy()) {
+            Ok(created) => host_cgroups = created,
+            Err(e) => {
+                sandbox.stop().await;
+                return Err(anyhow::Error::new(e).context("linux.cgroupsPath"));
+            }
+        }
+    }
     let me = std::process::id();
     let saved = store.update(id, |s| {
         s.status = Status::Created;
@@ -322,9 +353,11 @@ async fn prepare(
         s.vsock_uds = sandbox.vsock_uds().to_path_buf();
         s.guest_pid = created;
         s.private_images = binds_image.iter().cloned().collect();
+        s.host_cgroups = host_cgroups.clone();
     });
     if let Err(e) = saved {
         sandbox.stop().await;
+        ampoule_runtime::host_cgroup::remove(&host_cgroups);
         return Err(e.into());
     }
     Ok(Prepared {

@@ -163,6 +163,7 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<i32> {
     for img in &s.private_images {
         let _ = std::fs::remove_file(img);
     }
+    ampoule_runtime::host_cgroup::remove(&s.host_cgroups);
     store.remove(&a.id)?;
     Ok(0)
 }

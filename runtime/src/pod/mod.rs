@@ -2,5 +2,6 @@
 //! of its own: `share_fs` is the pod's shared directory (container root
 //! filesystems and bind mounts, served to the guest by virtiofsd).
 
+pub mod cgroups;
 pub mod guest;
 pub mod share_fs;

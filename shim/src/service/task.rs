@@ -291,11 +291,7 @@ impl TaskService {
         // The VM's processes go into the pod's cgroup on the host.
         let mut cgroups = Vec::new();
         if let Some(path) = cgroups_path(spec) {
-            match ampoule_runtime::host_cgroup::place(
-                Path::new("/sys/fs/cgroup"),
-                &path,
-                &pod.pids(),
-            ) {
+            match pod.place_in_cgroup(&path) {
                 Ok(created) => cgroups = created,
                 Err(e) => tracing::warn!(error = %e, "placing the VM in the pod cgroup"),
             }
