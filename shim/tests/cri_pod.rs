@@ -126,6 +126,17 @@ async fn exec(cri: &mut Cri, id: &str, script: &str) -> (i32, String, String) {
     (r.exit_code, text(&r.stdout), text(&r.stderr))
 }
 
+async fn run_pod(cri: &mut Cri, ctd: &Containerd, sb: &PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(sb.clone()),
+        runtime_handler: "ampoule".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", diag(ctd)))
+    .into_inner()
+    .pod_sandbox_id
+}
+
 async fn run_container(
     cri: &mut Cri,
     ctd: &Containerd,
@@ -246,60 +257,32 @@ async fn kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm() {
     std::fs::write(host_path.join("seed"), "from the host before start\n").expect("seed");
 
     let sb = kubelet_pod("web");
-    let pod = cri
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sb.clone()),
-            runtime_handler: "ampoule".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", diag(&ctd)))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut cri, &ctd, &sb).await;
 
     // One hostPath directory in three containers (read-only in the third),
     // an emptyDir-style directory in the first two.
-    let a = run_container(
-        &mut cri,
-        &ctd,
-        &pod,
-        &sb,
-        kubelet_container(
+    let mut ids = Vec::new();
+    for (name, mounts) in [
+        (
             "a",
-            &["sleep", "1000"],
             vec![
                 mount(&host_path, "/data", false),
                 mount(&empty_dir, "/cache", false),
             ],
         ),
-    )
-    .await;
-    let b = run_container(
-        &mut cri,
-        &ctd,
-        &pod,
-        &sb,
-        kubelet_container(
+        (
             "b",
-            &["sleep", "1000"],
             vec![
                 mount(&host_path, "/data", false),
                 mount(&empty_dir, "/cache", false),
             ],
         ),
-    )
-    .await;
-    let c = run_container(
-        &mut cri,
-        &ctd,
-        &pod,
-        &sb,
-        kubelet_container(
-            "c",
-            &["sleep", "1000"],
-            vec![mount(&host_path, "/data", true)],
-        ),
-    )
-    .await;
+        ("c", vec![mount(&host_path, "/data", true)]),
+    ] {
+        let config = kubelet_container(name, &["sleep", "1000"], mounts);
+        ids.push(run_container(&mut cri, &ctd, &pod, &sb, config).await);
+    }
+    let [a, b, c] = [ids[0].clone(), ids[1].clone(), ids[2].clone()];
 
     // All three in one guest kernel.
     let mut boots = Vec::new();
@@ -439,15 +422,7 @@ async fn ten_containers_in_one_pod_and_thirty_create_delete_cycles_leave_nothing
     let vol = ctd.dir().join("volumes/counter");
     std::fs::create_dir_all(&vol).expect("volume dir");
     let sb = kubelet_pod("many");
-    let pod = cri
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sb.clone()),
-            runtime_handler: "ampoule".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", diag(&ctd)))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut cri, &ctd, &sb).await;
     let sandbox_only = shared_mounts(&ctd);
     assert_eq!(
         sandbox_only

@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{hash_hex, io, mkfs_erofs, pack_sources, RootfsError, Timestamps};
+use crate::pod::share_fs::volumes;
 
 /// One mount of CreateTaskRequest.rootfs, decoupled from the protobuf type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,18 +201,7 @@ pub fn bind_sources_image(
     let staging = work.join(format!("{name}.binds"));
     let mut sources = Vec::new();
     for m in mounts.iter_mut() {
-        let typ = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
-        let opts: Vec<String> = m
-            .get("options")
-            .and_then(|o| o.as_array())
-            .map(|o| {
-                o.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let is_bind = typ == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind");
-        if !is_bind {
+        if !volumes::is_bind(m) || volumes::shm_becomes_tmpfs(m) {
             continue;
         }
         let dest = m.get("destination").and_then(|d| d.as_str()).unwrap_or("");
@@ -220,15 +210,6 @@ pub fn bind_sources_image(
             .and_then(|d| d.as_str())
             .unwrap_or("")
             .to_string();
-        if dest == "/dev/shm" {
-            *m = serde_json::json!({
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            });
-            continue;
-        }
         let src = Path::new(&source);
         if source.is_empty() || !src.is_absolute() || !src.exists() {
             tracing::warn!(

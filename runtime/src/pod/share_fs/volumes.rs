@@ -55,6 +55,22 @@ pub fn is_bind(m: &Value) -> bool {
     typ == "bind" || string_opts(m).iter().any(|o| o == "bind" || o == "rbind")
 }
 
+/// Rewrites a bind mount onto `/dev/shm` (CRI's sandbox shm directory,
+/// podman's) to a tmpfs in the guest; returns whether it did. Host shared
+/// memory cannot be shared with a VM.
+pub fn shm_becomes_tmpfs(m: &mut Value) -> bool {
+    if m.get("destination").and_then(Value::as_str) != Some("/dev/shm") {
+        return false;
+    }
+    *m = serde_json::json!({
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    });
+    true
+}
+
 /// Plans the bind mounts of `spec` (a config.json as JSON). A bind onto
 /// `/dev/shm` is rewritten to a guest tmpfs. Relative sources are taken
 /// below `base` (the bundle) when given, else refused.
@@ -67,20 +83,14 @@ pub fn plan(spec: &mut Value, base: Option<&Path>) -> Result<BindPlan, ShareFsEr
         if !is_bind(m) {
             continue;
         }
+        if shm_becomes_tmpfs(m) {
+            continue;
+        }
         let dest = m
             .get("destination")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if dest == "/dev/shm" {
-            *m = serde_json::json!({
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            });
-            continue;
-        }
         let written = m
             .get("source")
             .and_then(Value::as_str)
