@@ -26,7 +26,7 @@ packages=(
   qemu-system-x86                                                        # qemu backend, benches
   erofs-utils e2fsprogs                                                  # container rootfs images
   busybox-static umoci                                                   # built-in test images
-  containerd runc containernetworking-plugins                            # shim tests (CRI pods with CNI), runc baseline
+  containerd runc containernetworking-plugins podman                     # shim tests (CRI pods with CNI), engine tests, runc baseline
   protobuf-compiler                                                      # CRI v1 client of the shim tests (k8s-cri)
   python3 gcc make file                                                  # test guests, benches
   libseccomp-dev libcap-ng-dev                                           # virtiofsd links against both
