@@ -419,3 +419,97 @@ fn check_boot_shows_each_vm_process_jailed() {
     let left = env.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// virtiofsd's server process: the child of the process the runtime started
+/// (virtiofsd forks into its namespace sandbox).
+fn virtiofsd_server(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse::<u32>()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtiofsd_serves_the_shared_directory_with_only_file_serving_capabilities_in_the_jail_cgroup(
+) {
+    if !vm_test("virtiofsd_serves_the_shared_directory_with_only_file_serving_capabilities_in_the_jail_cgroup") {
+        return;
+    }
+    let _lock = VmLock::acquire();
+    let env = jail_env();
+    let spec = SandboxSpec {
+        shared_fs: true,
+        ..Default::default()
+    };
+    let sandbox = Sandbox::start(&env.config, spec)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    let shared = sandbox
+        .shared()
+        .expect("a shared directory")
+        .root()
+        .to_path_buf();
+    let starter = ampoule_tests::processes_mentioning(&shared)
+        .iter()
+        .find(|l| l.contains("virtiofsd"))
+        .and_then(|l| l.split(':').next()?.parse::<u32>().ok())
+        .expect("virtiofsd serving the shared directory");
+    assert!(
+        sandbox.pids().contains(&starter),
+        "virtiofsd is a member of the sandbox"
+    );
+    let server = virtiofsd_server(starter).expect("virtiofsd's server process");
+    let s = status::read(server).expect("virtiofsd's /proc status");
+    // CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID SETGID SETUID MKNOD
+    // SETFCAP: what serving files of every owner needs, nothing else.
+    let file_serving: u64 = [0, 1, 2, 3, 4, 6, 7, 27, 31]
+        .iter()
+        .map(|b| 1u64 << b)
+        .sum();
+    assert_eq!(
+        s.cap_eff & !file_serving,
+        0,
+        "extra capabilities: {:#x}",
+        s.cap_eff
+    );
+    assert_eq!(s.cap_bnd, 0, "bounding set {:#x}", s.cap_bnd);
+    assert_eq!(s.seccomp, 2, "seccomp filter");
+    assert!(s.no_new_privs);
+    assert!(s.own_root, "pivoted into the shared directory");
+    for ns in ["mnt", "net"] {
+        assert!(s.own_namespaces.iter().any(|n| n == ns), "{ns}: {s:?}");
+    }
+    // It sees the shared directory as its root and nothing of the host.
+    let root: Vec<String> = std::fs::read_dir(format!("/proc/{server}/root"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut root = root;
+    root.sort();
+    assert_eq!(root, ["containers", "volumes"], "virtiofsd's root");
+    // Both virtiofsd processes are in the jail's memory cgroup.
+    let qemu = status::read(sandbox.vm_pid().expect("QEMU")).expect("QEMU status");
+    let cg = cgroup_parent_dir(&env).join(format!("{}-{}", qemu.uids[0], sandbox.id()));
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).expect("cgroup.procs");
+    for pid in [starter, server] {
+        assert!(
+            procs.lines().any(|l| l.trim() == pid.to_string()),
+            "{pid} not in {}: {procs}",
+            cg.display()
+        );
+    }
+    sandbox.stop().await;
+    assert!(!shared.exists(), "shared directory removed");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}

@@ -87,7 +87,7 @@ impl Hypervisor for AmpouleVmm {
         }
         let mut group = ProcessGroup::new();
         // The VMM connects to virtiofsd's socket as it starts.
-        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, None)?;
+        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, None, None)?;
         let mut cmd = Command::new(&self.binary);
         let argv = vmm_argv(vm, self.serial_log_max);
         tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");

@@ -205,7 +205,13 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
 
-        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, jail.as_ref().map(|j| j.uid()))?;
+        let procs = jail.as_ref().map(|j| j.cgroup().procs_file());
+        crate::pod::share_fs::virtiofsd::spawn(
+            &mut group,
+            vm,
+            jail.as_ref().map(|j| j.uid()),
+            procs.as_deref(),
+        )?;
 
         let mut qemu = match &jail {
             Some(j) => j.confine(JailedProcess::Qemu, vm, &self.qemu)?.command(),

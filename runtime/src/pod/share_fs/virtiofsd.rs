@@ -57,12 +57,15 @@ pub fn argv(fd: RawFd, shared_dir: &Path, nofile_hard: Option<u64>) -> Vec<OsStr
     a
 }
 
-/// Starts virtiofsd for `vm`'s shared directory in `group`. The socket is
-/// given to `owner` (the jail's uid and gid) when the VMM is jailed.
+/// Starts virtiofsd for `vm`'s shared directory in `group`. When the VMM
+/// is jailed, the socket is given to `owner` (the jail's uid and gid) and
+/// virtiofsd joins the jail's memory cgroup (`cgroup_procs`) before it runs,
+/// so its forked server is counted there too.
 pub fn spawn(
     group: &mut ProcessGroup,
     vm: &VmConfig,
     owner: Option<u32>,
+    cgroup_procs: Option<&Path>,
 ) -> Result<Option<PathBuf>, HypervisorError> {
     let Some(fs) = &vm.shared_fs else {
         return Ok(None);
@@ -82,13 +85,30 @@ pub fn spawn(
         .map(|(_, hard)| hard);
     let mut cmd = Command::new(&fs.virtiofsd);
     cmd.args(argv(fd, &fs.dir, nofile_hard));
-    // SAFETY: between fork and exec the closure only calls fcntl(2),
-    // async-signal-safe, on the child's copy of `fd`, which stays open in
-    // the parent until after the spawn.
+    let procs = cgroup_procs
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .map_err(|e| HypervisorError::Invalid(format!("cgroup path: {e}")))?;
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // system calls (fcntl, open, write, close) on the child's copy of `fd`,
+    // which stays open in the parent until after the spawn, and on `procs`,
+    // a C string built before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(p) = &procs {
+                // "0": the writing process itself.
+                let f = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if f < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(f, b"0".as_ptr().cast(), 1);
+                libc::close(f);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
