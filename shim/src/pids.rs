@@ -47,31 +47,24 @@ pub fn guest_namespace_paths(
     vm_pid: u32,
     sandbox_guest_pid: Option<u32>,
 ) -> Result<usize, NsPathError> {
+    // The pod's own network namespace on the host (CNI's
+    // /var/run/netns/cni-...) cannot be opened in the guest: the sandbox
+    // container gets a network namespace of its own there, which the pod's
+    // later containers join through its /proc path below.
+    let mut rewritten =
+        usize::from(ampoule_runtime::container::namespaces::guest_network(spec).is_some());
     let Some(namespaces) = spec
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
         .and_then(Value::as_array_mut)
     else {
-        return Ok(0);
+        return Ok(rewritten);
     };
-    let mut rewritten = 0;
     for ns in namespaces {
         let Some(path) = ns.get("path").and_then(Value::as_str) else {
             continue;
         };
         let Some((pid, rest)) = proc_pid_path(path) else {
-            if ns.get("type").and_then(Value::as_str) == Some("network") {
-                // The pod's own network namespace on the host (CNI's
-                // /var/run/netns/cni-...): it cannot be opened in the guest.
-                // The container gets a network namespace of its own in the
-                // guest, which the pod's later containers join through the
-                // /proc paths above.
-                tracing::info!(path, "pod network namespace: a new one in the guest");
-                if let Some(o) = ns.as_object_mut() {
-                    o.remove("path");
-                }
-                rewritten += 1;
-            }
             continue;
         };
         if vm_pid == 0 || pid.parse::<u32>().ok() != Some(vm_pid) {

@@ -1139,3 +1139,35 @@ fn create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_
     }
     assert_clean(&env);
 }
+
+#[test]
+fn a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_lo() {
+    if !vm_test("a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_lo") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    // What podman with a network sets: the path of a namespace file on the
+    // host (never opened in the guest).
+    let b = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "ls /sys/class/net; cat /sys/class/net/lo/operstate",
+        ],
+        |v| {
+            v["linux"]["namespaces"] = serde_json::json!([
+                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "network", "path": "/run/netns/ampoule-test-podman-net"}
+            ]);
+        },
+    );
+    let out = run_out(&env, "net", &b);
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"lo"), "{stdout}");
+    assert_eq!(lines.len(), 2, "only lo: {stdout}");
+    assert_clean(&env);
+}

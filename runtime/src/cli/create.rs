@@ -248,19 +248,21 @@ async fn prepare(
         )
         .context("linux.cgroupsPath")?;
     }
+    // The pod's network namespace file on the host becomes a network
+    // namespace of the container's own in the guest.
+    let mut config_json = bundle.config_json.clone();
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&config_json) {
+        if container::namespaces::guest_network(&mut v).is_some() {
+            config_json = serde_json::to_vec(&v)?;
+        }
+    }
     let sandbox = Sandbox::start(&ctx.config, spec).await?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sandbox started");
     let (oci_spec, files) = match (image_files, sandbox.shared()) {
-        (Some(files), _) => (bundle.config_json.clone(), files),
+        (Some(files), _) => (config_json.clone(), files),
         (None, Some(shared)) => {
             let rootfs = share_fs::RootfsSource::Dir(bundle.rootfs.clone());
-            match share_fs::container::share(
-                shared,
-                id,
-                &rootfs,
-                &bundle.config_json,
-                Some(&bundle.dir),
-            ) {
+            match share_fs::container::share(shared, id, &rootfs, &config_json, Some(&bundle.dir)) {
                 Ok(files) => files.into_request_parts(),
                 Err(e) => {
                     sandbox.stop().await;

@@ -313,8 +313,9 @@ mod tests {
         .into();
         assert_eq!(exit_code(&e), EXIT_TOO_LARGE);
         let e: anyhow::Error = ContainerError::from(
-            ampoule_runtime::container::namespaces::NamespaceError::HostNetwork {
-                path: "/run/netns/x".into(),
+            ampoule_runtime::container::namespaces::NamespaceError::HostPath {
+                kind: "ipc",
+                path: "/run/ipcns/x".into(),
             },
         )
         .into();

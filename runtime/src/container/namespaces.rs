@@ -6,9 +6,15 @@
 //! CLI gives each container a microVM of its own, so no such namespace is
 //! in the guest, and opening the path there would join whatever the guest
 //! happens to have at it (`/proc/1/ns/ipc` is the agent's own) or fail only
-//! after a VM was booted (a `/run/netns/<name>` path did: the file is not
-//! in the guest). So every path is refused before anything boots, with the
+//! after a VM was booted. So every `/proc/<pid>` path and every path of
+//! another kind of namespace is refused before anything boots, with the
 //! reason.
+//!
+//! A network namespace *file* (`/run/netns/<name>`, what podman with
+//! netavark and CNI set up for a container or pod) is the pod's own network
+//! on the host: the container gets a network namespace of its own in the
+//! guest instead ([`guest_network`]; the shim does the same for CRI pods).
+//! It has only `lo` until pod networking brings the host interfaces in.
 //!
 //! Namespaces without a path are new ones in the guest and are untouched:
 //! podman's `--network none` (a `network` entry without a path: a fresh
@@ -30,12 +36,6 @@ pub enum NamespaceError {
         pid: String,
         path: String,
     },
-    #[error(
-        "joining the network namespace {path} is not possible: network namespaces of the \
-         host cannot be joined from a microVM (pod networking is not supported yet); leave \
-         out its path for a network namespace of the container's own"
-    )]
-    HostNetwork { path: String },
     #[error(
         "joining the {kind} namespace {path} is not possible: namespaces of the host cannot \
          be joined from a microVM; leave out its path for a namespace of the container's own"
@@ -78,12 +78,37 @@ pub fn check_no_host_paths(spec: &Spec) -> Result<(), NamespaceError> {
                 path,
             }
         } else if ns.typ() == LinuxNamespaceType::Network {
-            NamespaceError::HostNetwork { path }
+            // The pod's own network namespace: see [`guest_network`].
+            continue;
         } else {
             NamespaceError::HostPath { kind, path }
         });
     }
     Ok(())
+}
+
+/// Removes the path of a `network` namespace that names a namespace file
+/// (not `/proc/<pid>/...`) from `spec` (config.json as JSON): the container
+/// gets a network namespace of its own in the guest. Returns the path it
+/// removed.
+pub fn guest_network(spec: &mut serde_json::Value) -> Option<String> {
+    let namespaces = spec
+        .get_mut("linux")?
+        .get_mut("namespaces")?
+        .as_array_mut()?;
+    for ns in namespaces {
+        if ns.get("type").and_then(|t| t.as_str()) != Some("network") {
+            continue;
+        }
+        let path = ns.get("path").and_then(|p| p.as_str())?.to_string();
+        if proc_pid(&path).is_some() {
+            return None;
+        }
+        ns.as_object_mut()?.remove("path");
+        tracing::info!(path, "the pod's network namespace: a new one in the guest");
+        return Some(path);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -146,16 +171,23 @@ mod tests {
     }
 
     #[test]
-    fn a_host_network_namespace_file_is_refused_as_host_networking() {
-        let s = spec(serde_json::json!([{"type": "network", "path": "/run/netns/cni-1"}]));
-        let e = check_no_host_paths(&s).unwrap_err();
+    fn a_network_namespace_file_becomes_a_new_guest_network_namespace() {
+        let s = spec(serde_json::json!([{"type": "network", "path": "/run/netns/netns-1"}]));
+        assert_eq!(check_no_host_paths(&s), Ok(()));
+        let mut v = serde_json::json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/run/netns/netns-1"}
+        ]}});
+        assert_eq!(guest_network(&mut v), Some("/run/netns/netns-1".into()));
         assert_eq!(
-            e,
-            NamespaceError::HostNetwork {
-                path: "/run/netns/cni-1".into()
-            }
+            v["linux"]["namespaces"][1],
+            serde_json::json!({"type": "network"})
         );
-        assert!(e.to_string().contains("pod networking"));
+        let mut proc_path = serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/proc/7/ns/net"}
+        ]}});
+        assert_eq!(guest_network(&mut proc_path), None);
+        let mut none = serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}});
+        assert_eq!(guest_network(&mut none), None);
     }
 
     #[test]
