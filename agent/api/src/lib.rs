@@ -77,3 +77,7 @@ pub fn valid_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
+
+/// Where the agent binds the pod's network namespace in the guest (see
+/// `SetupNetworkRequest` in agent.proto).
+pub const POD_NETNS_GUEST_PATH: &str = "/run/ampoule/netns/pod";
