@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 # Measures which syscalls each ampoule-vmm thread kind makes, the source of
 # vmm/src/seccomp/allowlist.rs. Usage (release test binaries built first):
-#   cd vmm && for t in boot block hostile lifecycle vsock bad_config; do
+#   cd vmm && for t in boot block hostile lifecycle vsock bad_config virtio_fs virtio_net; do
 #     strace -f -qq -o /tmp/st/$t.trace ../target/release/deps/$t-<hash> --test-threads=2
 #   done
 #   python3 scripts/seccomp-syscalls.py /tmp/st/*.trace
 # Attribution: `main` counts the main thread after its last thread start;
-# other threads count from their PR_SET_NAME (vcpuN, vsock, api, api-conn)
+# other threads count from their PR_SET_NAME (vcpuN, vsock, vhost-fsN, netN,
+# api, api-conn)
 # on; `<kind>-prelude` is what a thread did before (glibc's thread start).
 import re, sys, collections
 line_re = re.compile(r'^(\d+)\s+(.*)$')

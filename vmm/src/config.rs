@@ -4,8 +4,9 @@
 //! `cmdline`, `vcpus`, `memory_mib`, `vsock_uds`, `serial_log`,
 //! `serial_log_max_bytes`, `api_sock`,
 //! `drives: [{"id": .., "path": .., "read_only": ..}]`,
-//! `fs: [{"tag": .., "socket": ..}]`, `shutdown_timeout_ms`).
-//! Unknown fields are rejected.
+//! `fs: [{"tag": .., "socket": ..}]`,
+//! `net: [{"tap": .., "mac": ..}, {"fd": .., "mac": ..}]`,
+//! `shutdown_timeout_ms`). Unknown fields are rejected.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,10 @@ pub const MAX_DRIVE_ID: usize = 20;
 pub const MAX_FS_TAG: usize = 36;
 /// Most virtio-fs devices.
 pub const MAX_FS_DEVICES: usize = 4;
+/// Most virtio-net devices.
+pub const MAX_NET_DEVICES: usize = 4;
+/// Longest network interface name (`IFNAMSIZ` is 16 with its NUL).
+pub const MAX_IFNAME: usize = 15;
 
 /// Errors in a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,10 @@ pub enum ConfigError {
     BadFs { value: String, reason: String },
     #[error("virtio-fs {tag:?}: {reason}")]
     Fs { tag: String, reason: String },
+    #[error("invalid --net value {value:?}: {reason}")]
+    BadNet { value: String, reason: String },
+    #[error("net {what}: {reason}")]
+    Net { what: String, reason: String },
     #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
     Vcpus(u64),
     #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
@@ -98,6 +107,92 @@ pub struct FsConfig {
     pub tag: String,
     /// The backend's vhost-user socket (it must be listening at start).
     pub socket: PathBuf,
+}
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff` (in flags and JSON alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Neither a group (multicast or broadcast) address nor all zeros:
+    /// one a NIC can have.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One virtio-net device on a tap: either a tap interface the VMM opens by
+/// name in its own network namespace, or an already open tap file
+/// descriptor it inherited (which may belong to another namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Name of an existing tap interface (`ip tuntap add dev NAME mode tap`).
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// An open tap file descriptor (at least 3) inherited from the caller.
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// The guest NIC's MAC address (unicast).
+    pub mac: MacAddr,
+}
+
+impl NetConfig {
+    /// How error messages name this device: `tap "NAME"` or `fd N`.
+    pub fn describe(&self) -> String {
+        match (&self.tap, self.fd) {
+            (Some(t), _) => format!("tap {t:?}"),
+            (None, Some(fd)) => format!("fd {fd}"),
+            (None, None) => format!("device {}", self.mac),
+        }
+    }
 }
 
 fn default_vcpus() -> u64 {
@@ -157,6 +252,9 @@ pub struct VmConfig {
     /// virtio-fs devices (vhost-user backends).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices on taps.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Graceful shutdown deadline before the VM is stopped by force.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
@@ -185,6 +283,7 @@ impl Default for VmConfig {
             api_sock: None,
             drives: Vec::new(),
             fs: Vec::new(),
+            net: Vec::new(),
             shutdown_timeout_ms: default_shutdown_timeout(),
             seccomp: true,
             uid: None,
@@ -265,6 +364,78 @@ pub fn parse_fs(value: &str) -> Result<FsConfig, ConfigError> {
     check_fs_tag(&tag).map_err(|r| bad(&r))?;
     let socket = socket.ok_or_else(|| bad("missing socket=PATH"))?;
     Ok(FsConfig { tag, socket })
+}
+
+/// Parses `tap=NAME,mac=MAC` or `fd=N,mac=MAC`.
+pub fn parse_net(value: &str) -> Result<NetConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadNet {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut tap = None;
+    let mut fd = None;
+    let mut mac = None;
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("tap", t)) if !t.is_empty() => tap = Some(t.to_string()),
+            Some(("fd", n)) => {
+                fd = Some(
+                    n.parse::<i32>()
+                        .map_err(|_| bad(&format!("fd {n:?} is not a number")))?,
+                )
+            }
+            Some(("mac", m)) => mac = Some(m.parse::<MacAddr>().map_err(|e| bad(&e))?),
+            _ => return Err(bad(&format!("unknown or empty option {part:?}"))),
+        }
+    }
+    let mac = mac.ok_or_else(|| bad("missing mac=aa:bb:cc:dd:ee:ff"))?;
+    let net = NetConfig { tap, fd, mac };
+    check_net(&net).map_err(|r| bad(&r))?;
+    Ok(net)
+}
+
+/// Checks one net device's fields (not whether its tap exists).
+pub fn check_net(n: &NetConfig) -> Result<(), String> {
+    match (&n.tap, n.fd) {
+        (Some(_), Some(_)) => return Err("give tap=NAME or fd=N, not both".into()),
+        (None, None) => return Err("missing tap=NAME or fd=N".into()),
+        (Some(t), None) => check_ifname(t)?,
+        (None, Some(fd)) => {
+            if fd < 3 {
+                return Err(format!(
+                    "fd {fd} is standard input, output or error, not a tap"
+                ));
+            }
+        }
+    }
+    if !n.mac.is_unicast() {
+        return Err(format!(
+            "MAC {} is not a unicast address (the first byte must be even, and not all zeros)",
+            n.mac
+        ));
+    }
+    Ok(())
+}
+
+/// A name Linux accepts for a network interface (`dev_valid_name`).
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(format!(
+            "interface name {name:?} must be 1 to {MAX_IFNAME} bytes"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("interface name {name:?} is reserved"));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "interface name {name:?} may not hold '/', ':', spaces or control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// A tag fits the config space (1 to 36 bytes) and holds no NUL (the
@@ -393,6 +564,52 @@ impl VmConfig {
         Ok(())
     }
 
+    /// Checks the virtio-net devices: fields, duplicates, that each tap
+    /// interface exists in this network namespace and that each fd is open.
+    fn validate_net(&self) -> Result<(), ConfigError> {
+        if self.net.len() > MAX_NET_DEVICES {
+            return Err(ConfigError::Net {
+                what: format!("{} devices", self.net.len()),
+                reason: format!("at most {MAX_NET_DEVICES} virtio-net devices"),
+            });
+        }
+        let mut taps = std::collections::HashSet::new();
+        let mut fds = std::collections::HashSet::new();
+        let mut macs = std::collections::HashSet::new();
+        for n in &self.net {
+            let err = |reason: String| ConfigError::Net {
+                what: n.describe(),
+                reason,
+            };
+            check_net(n).map_err(err)?;
+            if !macs.insert(n.mac) {
+                return Err(err(format!("duplicate MAC {}", n.mac)));
+            }
+            if let Some(t) = &n.tap {
+                if !taps.insert(t.clone()) {
+                    return Err(err("duplicate tap".into()));
+                }
+                if !crate::devices::virtio::net::tap::interface_exists(t) {
+                    return Err(err(format!(
+                        "no such network interface in the VMM's network namespace \
+                         (create it first: ip tuntap add dev {t} mode tap)"
+                    )));
+                }
+            }
+            if let Some(fd) = n.fd {
+                if !fds.insert(fd) {
+                    return Err(err("duplicate fd".into()));
+                }
+                if !crate::devices::virtio::net::tap::fd_is_open(fd) {
+                    return Err(err(format!(
+                        "fd {fd} is not open in the VMM (was it inherited?)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
         check_elf(kernel)?;
@@ -415,18 +632,23 @@ impl VmConfig {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));
         }
-        let devices = self.drives.len() + self.fs.len() + usize::from(self.vsock_uds.is_some());
+        let devices = self.drives.len()
+            + self.fs.len()
+            + self.net.len()
+            + usize::from(self.vsock_uds.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::Drive {
                 id: format!(
-                    "{} drives and {} fs devices",
+                    "{} drives, {} fs and {} net devices",
                     self.drives.len(),
-                    self.fs.len()
+                    self.fs.len(),
+                    self.net.len()
                 ),
                 reason: format!("at most {MAX_VIRTIO_DEVICES} virtio devices in all"),
             });
         }
         self.validate_fs()?;
+        self.validate_net()?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.drives {
             check_drive_id(&d.id).map_err(|reason| ConfigError::Drive {
@@ -625,6 +847,104 @@ mod tests {
             .collect();
         assert!(check(many).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn net_flag_and_json_parse_and_bad_macs_and_names_are_refused() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap.as_deref(), Some("tap0"));
+        assert_eq!(n.fd, None);
+        assert_eq!(n.mac, MacAddr([2, 0, 0, 0, 0, 1]));
+        let n = parse_net("fd=7,mac=AA:bb:cc:dd:ee:fe").unwrap();
+        assert_eq!((n.tap, n.fd), (None, Some(7)));
+        assert_eq!(n.mac.to_string(), "aa:bb:cc:dd:ee:fe");
+        for bad in [
+            "tap=tap0",
+            "mac=02:00:00:00:00:01",
+            "tap=tap0,fd=3,mac=02:00:00:00:00:01",
+            "tap=tap0,mac=01:00:00:00:00:01",
+            "tap=tap0,mac=ff:ff:ff:ff:ff:ff",
+            "tap=tap0,mac=00:00:00:00:00:00",
+            "tap=tap0,mac=02:00:00:00:00",
+            "tap=tap0,mac=02:00:00:00:00:01:02",
+            "tap=tap0,mac=2:0:0:0:0:1",
+            "tap=tap0,mac=02-00-00-00-00-01",
+            "tap=tap0,mac=0x:00:00:00:00:01",
+            "tap=,mac=02:00:00:00:00:01",
+            "tap=a/b,mac=02:00:00:00:00:01",
+            "tap=sixteen-chars-xy,mac=02:00:00:00:00:01",
+            "fd=1,mac=02:00:00:00:00:01",
+            "fd=x,mac=02:00:00:00:00:01",
+            "fd=-4,mac=02:00:00:00:00:01",
+            "tap=tap0,mac=02:00:00:00:00:01,mtu=9000",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+        let e = parse_net("tap=t,mac=03:00:00:00:00:01")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unicast"), "{e}");
+        let c = from_json_str(
+            r#"{"kernel":"/k","net":[{"tap":"tap0","mac":"02:00:00:00:00:01"},{"fd":9,"mac":"02:00:00:00:00:02"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[1].fd, Some(9));
+        assert!(from_json_str(r#"{"kernel":"/k","net":[{"tap":"t","mac":"zz"}]}"#).is_err());
+        assert!(from_json_str(r#"{"kernel":"/k","net":[{"tap":"t"}]}"#).is_err());
+        assert!(from_json_str(
+            r#"{"kernel":"/k","net":[{"tap":"t","mac":"02:00:00:00:00:01","x":1}]}"#
+        )
+        .is_err());
+        // The MAC is written back in its canonical form.
+        let back = serde_json::to_value(&c.net[0]).unwrap();
+        assert_eq!(back["mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn net_with_a_missing_tap_a_closed_fd_or_duplicates_is_refused_before_start() {
+        let base = VmConfig::default();
+        let mac = |last: u8| MacAddr([2, 0, 0, 0, 0, last]);
+        let check = |list: Vec<NetConfig>| {
+            let c = VmConfig {
+                net: list,
+                ..base.clone()
+            };
+            c.validate_net()
+        };
+        let tap = |name: &str, last: u8| NetConfig {
+            tap: Some(name.into()),
+            fd: None,
+            mac: mac(last),
+        };
+        let fd = |n: i32, last: u8| NetConfig {
+            tap: None,
+            fd: Some(n),
+            mac: mac(last),
+        };
+        // Only a lookup by name: nothing is created.
+        let e = check(vec![tap("ampoule-nosuch", 1)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"ampoule-nosuch\"") && e.contains("no such network interface"),
+            "{e}"
+        );
+        let e = check(vec![fd(1_000_000, 1)]).unwrap_err().to_string();
+        assert!(e.contains("fd 1000000") && e.contains("not open"), "{e}");
+        // "lo" exists in every network namespace.
+        let e = check(vec![tap("lo", 1), tap("lo", 2)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate tap"), "{e}");
+        let e = check(vec![tap("lo", 1), fd(1_000_000, 1)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate MAC"), "{e}");
+        let many = (0..=MAX_NET_DEVICES as u8)
+            .map(|i| tap("lo", i + 1))
+            .collect();
+        assert!(check(many).is_err());
     }
 
     #[test]

@@ -16,21 +16,22 @@
 //!   virtio-mmio windows from `0xd000_0000` (IRQ 5 up), announced on the
 //!   kernel command line as `virtio_mmio.device=4K@<addr>:<irq>`: the
 //!   vsock device first, then the drives in slot order, then the
-//!   virtio-fs devices. Guest memory is anonymous, or a sealed memfd
+//!   virtio-fs devices, then the NICs. Guest memory is anonymous, or a sealed memfd
 //!   mapped shared when a virtio-fs device needs its backend to map it.
 //! - Devices ([`devices`]): COM1 8250 (vm-superio) to the serial log (at
 //!   most `serial_log_max_bytes`, newest output kept) or stdout; i8042
 //!   (reset line, Ctrl-Alt-Del for graceful shutdown); port 0xf4 debug
 //!   exit; virtio-blk with run-time slots; virtio-vsock with the
 //!   hybrid-vsock Unix socket; virtio-fs served by a vhost-user backend
-//!   (virtiofsd), this VMM being the frontend.
+//!   (virtiofsd), this VMM being the frontend; virtio-net on a tap, opened
+//!   by name or inherited as an fd.
 //! - Seccomp ([`seccomp`]): one allowlist per thread kind (main, vCPU,
-//!   vsock, virtio-fs, control listener, control client), installed in each thread
+//!   vsock, virtio-fs, virtio-net, control listener, control client), installed in each thread
 //!   before it handles guest or client data; anything else kills the
 //!   process (SIGSYS). `--no-seccomp` turns them off for debugging.
 //! - Privileges ([`jail`]): with `--uid`/`--gid` the VMM drops to that
 //!   identity with no capabilities once everything is open (virtio-fs
-//!   backend sockets connected), before any thread starts.
+//!   backend sockets connected, taps attached), before any thread starts.
 //! - Sockets ([`unix_socket`]): the control and vsock sockets are mode 0600
 //!   whatever the umask.
 //! - VM end: i8042 reset, debug-exit port, triple fault (`KVM_EXIT_SHUTDOWN`)

@@ -54,6 +54,11 @@ struct Cli {
     /// listens on PATH: tag=TAG,socket=PATH (repeatable, at most 4).
     #[arg(long, value_name = "SPEC")]
     fs: Vec<String>,
+    /// virtio-net device on a tap: tap=NAME,mac=MAC (an existing tap in the
+    /// VMM's network namespace) or fd=N,mac=MAC (an inherited, open tap fd)
+    /// (repeatable, at most 4).
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<String>,
     /// Graceful shutdown deadline in ms before the VM is stopped by force.
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
@@ -122,6 +127,9 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     for f in &cli.fs {
         c.fs.push(config::parse_fs(f)?);
+    }
+    for n in &cli.net {
+        c.net.push(config::parse_net(n)?);
     }
     Ok(c)
 }

@@ -22,6 +22,7 @@ use crate::devices::serial_log::CappedLog;
 use crate::devices::virtio::block::{Backing, Block, SharedSlot, Slot};
 use crate::devices::virtio::fs::{self, Fs, FsError, FsShared};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{self, tap::Tap, Net, NetError, NetShared};
 use crate::devices::virtio::vsock::{muxer, Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::jail::{self, JailError};
@@ -64,6 +65,8 @@ pub enum VmmError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("dropping privileges: {0}")]
     Jail(#[from] JailError),
@@ -81,6 +84,8 @@ pub struct Control {
     drives: Vec<(SharedSlot, Arc<Mutex<MmioTransport>>)>,
     /// virtio-fs devices: tag and backend state.
     fs: Vec<(String, Arc<FsShared>)>,
+    /// virtio-net devices: MAC, tap and counters.
+    net: Vec<Arc<NetShared>>,
     /// Requested graceful-shutdown deadline.
     shutdown: Mutex<Option<Duration>>,
     wake: EventFd,
@@ -99,6 +104,7 @@ impl Controller for Control {
                 })
             })
             .collect();
+        let net: Vec<serde_json::Value> = self.net.iter().map(|n| n.status()).collect();
         let state = if self.bus.exit.is_done() {
             "stopping"
         } else {
@@ -110,6 +116,7 @@ impl Controller for Control {
             "memory_mib": self.config.memory_mib,
             "drives": drives,
             "fs": fs,
+            "net": net,
         })
     }
 
@@ -216,6 +223,7 @@ pub struct Vmm {
     api_listener: Option<std::os::unix::net::UnixListener>,
     vsock_backend: Option<muxer::Backend>,
     fs_backends: Vec<fs::backend::Backend>,
+    net_backends: Vec<net::backend::Backend>,
     filters: Filters,
     /// Removed when the Vmm is dropped.
     pub cleanup: Cleanup,
@@ -279,6 +287,25 @@ impl Vmm {
     /// the sockets. On error nothing is left behind.
     pub fn build(config: VmConfig) -> Result<Vmm, VmmError> {
         config.validate()?;
+        // Inherited tap fds first, before this process opens anything
+        // that could take a number the configuration names.
+        let mut taps = Vec::with_capacity(config.net.len());
+        for n in &config.net {
+            let tap = match (&n.tap, n.fd) {
+                (Some(name), _) => Tap::open_named(name),
+                (None, Some(fd)) => Tap::from_fd(fd),
+                (None, None) => {
+                    return Err(ConfigError::Net {
+                        what: n.describe(),
+                        reason: "missing tap=NAME or fd=N".into(),
+                    }
+                    .into())
+                }
+            }
+            .map_err(NetError::from)?;
+            tracing::debug!(tap = tap.name(), vnet_hdr = tap.vnet_hdr(), "tap open");
+            taps.push((n.mac, tap));
+        }
         // Before any thread starts, so that every thread inherits the mask.
         let signals = block_signals()?;
         let filters = Filters::new(config.seccomp)?;
@@ -308,7 +335,7 @@ impl Vmm {
         let mem = Arc::new(mem);
 
         // virtio-mmio devices: vsock first, then the drives in slot order,
-        // then the virtio-fs devices.
+        // then the virtio-fs devices, then the NICs.
         let mut cleanup = Cleanup::default();
         let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
         let mut vsock_backend = None;
@@ -346,6 +373,14 @@ impl Vmm {
             let (dev, backend) = Fs::new(&f.tag, &f.socket)?;
             fs_shared.push((dev.tag().to_string(), dev.shared()));
             fs_backends.push(backend);
+            virtio.push(Box::new(dev));
+        }
+        let mut net_backends = Vec::new();
+        let mut net_shared = Vec::new();
+        for (mac, tap) in taps {
+            let (dev, backend) = Net::new(mac, tap)?;
+            net_shared.push(dev.shared());
+            net_backends.push(backend);
             virtio.push(Box::new(dev));
         }
         let mut mmio: Vec<(u64, u64, SharedMmio)> = Vec::new();
@@ -431,6 +466,7 @@ impl Vmm {
             bus: bus.clone(),
             drives: control_drives,
             fs: fs_shared,
+            net: net_shared,
             shutdown: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?,
         });
@@ -443,6 +479,7 @@ impl Vmm {
             api_listener,
             vsock_backend,
             fs_backends,
+            net_backends,
             filters,
             cleanup,
             _vm: vmfd,
@@ -469,6 +506,13 @@ impl Vmm {
         {
             b.start(i, &self.filters)
                 .map_err(io("starting the virtio-fs device thread"))?;
+        }
+        for (i, b) in std::mem::take(&mut self.net_backends)
+            .into_iter()
+            .enumerate()
+        {
+            b.start(i, &self.filters)
+                .map_err(io("starting the virtio-net device thread"))?;
         }
         if let Some(l) = self.api_listener.take() {
             api::serve(l, self.control.clone(), &self.filters)

@@ -25,6 +25,14 @@
  *               device reset and a GETATTR of the root on the new rings
  *   fsbad       virtio-fs: invalid rings, then bad descriptors on both
  *               queues; reports the device status, then waits as `wait`
+ *   net         virtio-net as 10.77.0.2: reports the config space, sends an
+ *               ARP request for 10.77.0.1 and an ICMP echo request to it,
+ *               reports both replies (answering ARP requests on the way),
+ *               then waits as `wait`
+ *   netbad      virtio-net: oversized, looping, out-of-memory and other bad
+ *               TX chains; bad and 4-byte RX buffers (which the host fills
+ *               with frames); waits for Ctrl-Alt-Del, then does the ARP
+ *               exchange of `net` and resets
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -1346,6 +1354,335 @@ static void do_fsbad(void) {
     do_wait();
 }
 
+/* ---- virtio-net (ARP and ICMP echo with the host's tap) ---- */
+#define NET_HDR 12
+#define NET_RXN 16
+#define NET_BUF 2048
+#define NET_BIG 0x200000UL
+static u8 net_rx[NET_RXN][NET_BUF] __attribute__((aligned(64)));
+static u8 net_txh[NET_HDR] __attribute__((aligned(64)));
+static u8 net_txf[128] __attribute__((aligned(64)));
+static u8 net_frame[NET_BUF];
+static u32 net_frame_len;
+static struct vq netq[2];
+static u64 net_base;
+static u8 net_mac[6], peer_mac[6];
+static const u8 my_ip[4] = {10, 77, 0, 2};
+static const u8 peer_ip[4] = {10, 77, 0, 1};
+static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+static int eq(const u8 *a, const u8 *b, u32 n) {
+    for (u32 i = 0; i < n; i++) if (a[i] != b[i]) return 0;
+    return 1;
+}
+static void put_mac(const u8 *m) {
+    for (int i = 0; i < 6; i++) {
+        if (i) putc(':');
+        putc("0123456789abcdef"[m[i] >> 4]);
+        putc("0123456789abcdef"[m[i] & 15]);
+    }
+}
+static u16 be16(const u8 *p) { return (u16)((p[0] << 8) | p[1]); }
+static void put_be16(u8 *p, u16 v) { p[0] = (u8)(v >> 8); p[1] = (u8)v; }
+static u16 inet_csum(const u8 *p, u32 n) {
+    u32 s = 0;
+    for (u32 i = 0; i + 1 < n; i += 2) s += be16(p + i);
+    if (n & 1) s += (u32)p[n - 1] << 8;
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    return (u16)~s;
+}
+
+static void net_post_rx(u16 i) {
+    struct vq *q = &netq[0];
+    q->desc[i] = (struct vdesc){(u64)net_rx[i], NET_BUF, D_WRITE, 0};
+    q->avail->ring[q->avail->idx % q->size] = i;
+    barrier();
+    q->avail->idx++;
+}
+
+/* Finds the NIC, negotiates MAC and STATUS, reads the config space and
+ * sets the queues up; posts the RX buffers when `post`. */
+static int net_init(const char *tag, int post) {
+    net_base = virtio_find(1, 0);
+    if (!net_base) { puts(tag); puts(" no device\n"); return -1; }
+    u32 feat = 0;
+    if (virtio_init(net_base, (1u << 5) | (1u << 16), netq, 2, &feat)) {
+        puts(tag);
+        puts(" init failed\n");
+        return -1;
+    }
+    u32 lo = vr(net_base, VM_CONFIG), hi = vr(net_base, VM_CONFIG + 4);
+    for (int i = 0; i < 4; i++) net_mac[i] = (u8)(lo >> (8 * i));
+    net_mac[4] = (u8)hi;
+    net_mac[5] = (u8)(hi >> 8);
+    puts(tag);
+    puts(" mac=");
+    put_mac(net_mac);
+    puts(" status=");
+    putdec(hi >> 16);
+    puts(" features-mac=");
+    putdec((feat >> 5) & 1);
+    puts(" features-status=");
+    putdec((feat >> 16) & 1);
+    putc('\n');
+    if (post) {
+        for (u16 i = 0; i < NET_RXN; i++) net_post_rx(i);
+        vw(net_base, VM_QNOTIFY, 0);
+    }
+    return 0;
+}
+
+/* Sends `len` bytes of net_txf behind a zero header, in two descriptors. */
+static int net_send(u32 len) {
+    struct vq *q = &netq[1];
+    for (int i = 0; i < NET_HDR; i++) net_txh[i] = 0;
+    q->desc[0] = (struct vdesc){(u64)net_txh, NET_HDR, D_NEXT, 1};
+    q->desc[1] = (struct vdesc){(u64)net_txf, len, 0, 0};
+    vq_submit(q, 0);
+    return vq_wait_used(q, 0);
+}
+
+static u32 build_arp(u16 op, const u8 *eth_dst, const u8 *tha, const u8 *tpa) {
+    u8 *f = net_txf;
+    for (int i = 0; i < 6; i++) { f[i] = eth_dst[i]; f[6 + i] = net_mac[i]; }
+    put_be16(f + 12, 0x0806);
+    put_be16(f + 14, 1);
+    put_be16(f + 16, 0x0800);
+    f[18] = 6;
+    f[19] = 4;
+    put_be16(f + 20, op);
+    for (int i = 0; i < 6; i++) { f[22 + i] = net_mac[i]; f[32 + i] = tha[i]; }
+    for (int i = 0; i < 4; i++) { f[28 + i] = my_ip[i]; f[38 + i] = tpa[i]; }
+    return 42;
+}
+
+static u32 net_rx_seen, net_rx_badhdr;
+
+/* Waits for the next frame into net_frame (reposting its buffer); ARP
+ * requests for our address are answered on the way. 0, or -1 on timeout. */
+static int net_recv(u64 spins) {
+    struct vq *q = &netq[0];
+    for (u64 spin = 0; spin < spins; spin++) {
+        if (!vq_has_used(q)) { pause(); continue; }
+        struct vused_elem *e = &q->used->ring[q->last_used % q->size];
+        u16 id = (u16)e->id;
+        u32 len = e->len;
+        q->last_used++;
+        if (id >= NET_RXN) continue;
+        const u8 *b = net_rx[id];
+        int ok = len >= NET_HDR + 14 && len <= NET_BUF;
+        /* No flags and no GSO; num_buffers 1. */
+        if (ok && (b[0] || b[1] || b[10] != 1 || b[11])) net_rx_badhdr++;
+        net_frame_len = ok ? len - NET_HDR : 0;
+        for (u32 i = 0; i < net_frame_len; i++) net_frame[i] = b[NET_HDR + i];
+        net_post_rx(id);
+        vw(net_base, VM_QNOTIFY, 0);
+        if (!ok) continue;
+        net_rx_seen++;
+        const u8 *f = net_frame;
+        if (be16(f + 12) == 0x0806 && be16(f + 20) == 1 && eq(f + 38, my_ip, 4)) {
+            build_arp(2, f + 6, f + 22, f + 28);
+            net_send(42);
+            continue;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+/* ARP request for peer_ip; waits for the reply and reports its sender. */
+static int net_arp(const char *tag) {
+    static const u8 zero[6];
+    build_arp(1, bcast, zero, peer_ip);
+    if (net_send(42)) { puts(tag); puts(" arp tx timeout\n"); return -1; }
+    for (int tries = 0; tries < 4096; tries++) {
+        if (net_recv(400000000UL)) break;
+        const u8 *f = net_frame;
+        if (net_frame_len >= 42 && be16(f + 12) == 0x0806 && be16(f + 20) == 2 &&
+            eq(f + 28, peer_ip, 4) && eq(f + 38, my_ip, 4) && eq(f, net_mac, 6)) {
+            for (int i = 0; i < 6; i++) peer_mac[i] = f[22 + i];
+            puts(tag);
+            puts(" arp-reply from=");
+            put_mac(peer_mac);
+            puts(" ip=10.77.0.1 eth-src-matches=");
+            putdec(eq(f + 6, peer_mac, 6));
+            puts(" skipped=");
+            putdec(tries);
+            putc('\n');
+            return 0;
+        }
+    }
+    puts(tag);
+    puts(" arp-reply missing\n");
+    return -1;
+}
+
+/* ICMP echo request to peer_ip; waits for the reply. */
+static void net_ping(void) {
+    static const char payload[] = "ampoule-icmp-payload";
+    u32 plen = sizeof(payload) - 1;
+    u8 *f = net_txf;
+    for (int i = 0; i < 6; i++) { f[i] = peer_mac[i]; f[6 + i] = net_mac[i]; }
+    put_be16(f + 12, 0x0800);
+    u8 *ip = f + 14;
+    u16 total = (u16)(20 + 8 + plen);
+    ip[0] = 0x45; ip[1] = 0;
+    put_be16(ip + 2, total);
+    put_be16(ip + 4, 0x1234);
+    put_be16(ip + 6, 0x4000);
+    ip[8] = 64; ip[9] = 1;
+    put_be16(ip + 10, 0);
+    for (int i = 0; i < 4; i++) { ip[12 + i] = my_ip[i]; ip[16 + i] = peer_ip[i]; }
+    put_be16(ip + 10, inet_csum(ip, 20));
+    u8 *ic = ip + 20;
+    ic[0] = 8; ic[1] = 0;
+    put_be16(ic + 2, 0);
+    put_be16(ic + 4, 0xa3b1);
+    put_be16(ic + 6, 1);
+    for (u32 i = 0; i < plen; i++) ic[8 + i] = (u8)payload[i];
+    put_be16(ic + 2, inet_csum(ic, 8 + plen));
+    if (net_send(14 + total)) { puts("NET icmp tx timeout\n"); return; }
+    for (int tries = 0; tries < 4096; tries++) {
+        if (net_recv(400000000UL)) break;
+        const u8 *r = net_frame;
+        const u8 *rip = r + 14, *ric = r + 34;
+        if (net_frame_len >= 14u + total && be16(r + 12) == 0x0800 && rip[9] == 1 &&
+            eq(rip + 12, peer_ip, 4) && ric[0] == 0 && be16(ric + 4) == 0xa3b1) {
+            puts("NET icmp-reply from=10.77.0.1 seq=");
+            putdec(be16(ric + 6));
+            puts(" ip-csum-ok=");
+            putdec(inet_csum(rip, 20) == 0);
+            puts(" icmp-csum-ok=");
+            putdec(inet_csum(ric, 8 + plen) == 0);
+            puts(" payload-ok=");
+            putdec(eq(ric + 8, (const u8 *)payload, plen));
+            putc('\n');
+            return;
+        }
+    }
+    puts("NET icmp-reply missing\n");
+}
+
+static void do_net(void) {
+    if (net_init("NET", 1)) return;
+    if (net_arp("NET") == 0) net_ping();
+    puts("NET rx-frames=");
+    putdec(net_rx_seen);
+    puts(" bad-headers=");
+    putdec(net_rx_badhdr);
+    putc('\n');
+    puts("NET-DONE\n");
+    do_wait();
+}
+
+/* Waits for Ctrl-Alt-Del on the i8042 (a `shutdown` on the control
+ * socket), used here as the host's "go on". */
+static void wait_ctrl_alt_del(void) {
+    u8 prev = 0;
+    for (;;) {
+        if (inb(0x64) & 1) {
+            u8 b = inb(0x60);
+            if (prev == 0xe0 && b == 0x71) return;
+            prev = b;
+        } else {
+            pause();
+        }
+    }
+}
+
+/* ---- hostile virtio-net guest ---- */
+static void do_netbad(void) {
+    if (net_init("NETBAD", 0)) return;
+    struct vq *t = &netq[1];
+    for (int i = 0; i < NET_HDR; i++) net_txh[i] = 0;
+    u32 answered = 0;
+    /* Oversized: 12 + 40000 + 40000 bytes; then a huge length. */
+    t->desc[0] = (struct vdesc){(u64)net_txh, NET_HDR, D_NEXT, 1};
+    t->desc[1] = (struct vdesc){NET_BIG, 40000, D_NEXT, 2};
+    t->desc[2] = (struct vdesc){NET_BIG, 40000, 0, 0};
+    t->desc[3] = (struct vdesc){(u64)net_txf, 0xffffffffu, 0, 0};
+    /* A chain looping on itself. */
+    t->desc[4] = (struct vdesc){(u64)net_txf, 64, D_NEXT, 4};
+    /* A descriptor outside guest memory. */
+    t->desc[5] = (struct vdesc){(u64)net_txh, NET_HDR, D_NEXT, 6};
+    t->desc[6] = (struct vdesc){0x7fff00000000UL, 64, 0, 0};
+    /* Device-writable, too short, next index out of range. */
+    t->desc[7] = (struct vdesc){(u64)net_txf, 64, D_WRITE, 0};
+    t->desc[8] = (struct vdesc){(u64)net_txh, NET_HDR, D_NEXT, 9};
+    t->desc[9] = (struct vdesc){(u64)net_txf, 4, 0, 0};
+    t->desc[10] = (struct vdesc){(u64)net_txh, NET_HDR, D_NEXT, 60000};
+    static const u16 heads[] = {0, 3, 4, 5, 7, 8, 10};
+    for (u32 i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        vq_submit(t, heads[i]);
+        if (vq_wait_used(t, 0) == 0) answered++;
+    }
+    /* A head index out of range (no used entry can name it), then a
+     * header asking for GSO, which was not offered. */
+    t->avail->ring[t->avail->idx % t->size] = 50000;
+    barrier();
+    t->avail->idx++;
+    static u8 gso_hdr[NET_HDR] __attribute__((aligned(16)));
+    gso_hdr[1] = 1;
+    t->desc[11] = (struct vdesc){(u64)gso_hdr, NET_HDR, D_NEXT, 12};
+    t->desc[12] = (struct vdesc){(u64)net_txf, 60, 0, 0};
+    vq_submit(t, 11);
+    if (vq_wait_used(t, 0) == 0) answered++;
+    puts("NETBAD tx-bad posted=9 answered=");
+    putdec(answered);
+    putc('\n');
+
+    /* RX: a read-only buffer and one outside memory come back at once,
+     * empty; 4-byte buffers take a frame each and come back empty. */
+    struct vq *r = &netq[0];
+    for (int i = 0; i < NET_RXN; i++)
+        for (int k = 0; k < 8; k++) net_rx[i][k] = 0xee;
+    r->desc[0] = (struct vdesc){(u64)net_rx[0], NET_BUF, 0, 0};
+    r->desc[1] = (struct vdesc){0x7fff00000000UL, NET_BUF, D_WRITE, 0};
+    for (u16 i = 0; i < 10; i++) {
+        if (i >= 2) r->desc[i] = (struct vdesc){(u64)net_rx[i], 4, D_WRITE, 0};
+        r->avail->ring[r->avail->idx % r->size] = i;
+        barrier();
+        r->avail->idx++;
+    }
+    vw(net_base, VM_QNOTIFY, 0);
+    u32 n = 0, len0 = 0, len = 0;
+    for (; n < 2; n++) {
+        if (vq_wait_used(r, &len)) break;
+        if (len == 0) len0++;
+    }
+    puts("NETBAD rx-bad returned=");
+    putdec(n);
+    puts(" len0=");
+    putdec(len0);
+    putc('\n');
+    puts("NETBAD RX-SMALL-POSTED\n");
+    n = 0;
+    len0 = 0;
+    for (; n < 8; n++) {
+        if (vq_wait_used_for(r, &len, 4000000000UL)) break;
+        if (len == 0) len0++;
+    }
+    u32 untouched = 1;
+    for (int i = 2; i < 10; i++)
+        for (int k = 0; k < 8; k++)
+            if (net_rx[i][k] != 0xee) untouched = 0;
+    puts("NETBAD rx-small returned=");
+    putdec(n);
+    puts(" len0=");
+    putdec(len0);
+    puts(" untouched=");
+    putdec(untouched);
+    putc('\n');
+    puts("NETBAD PAUSED\n");
+    wait_ctrl_alt_del();
+    puts("NETBAD RESUMED\n");
+    /* Proper buffers again: the frames left in the tap, then an ARP
+     * exchange. */
+    for (u16 i = 0; i < NET_RXN; i++) net_post_rx(i);
+    vw(net_base, VM_QNOTIFY, 0);
+    if (net_arp("NETBAD after") == 0) puts("NETBAD-DONE\n");
+}
+
 static void do_serialflood(const char *cmd) {
     const char *v = find_token(cmd, "bytes=");
     u64 want = v ? parse_dec(v) : 200000;
@@ -1415,6 +1752,10 @@ void guest_main(long proto, u64 info) {
         do_serialflood(bi.cmdline);
     } else if (mode_is(mode, "blkid")) {
         do_blkid();
+    } else if (mode_is(mode, "netbad")) {
+        do_netbad();
+    } else if (mode_is(mode, "net")) {
+        do_net();
     } else if (mode_is(mode, "fsbad")) {
         do_fsbad();
     } else if (mode_is(mode, "fs")) {

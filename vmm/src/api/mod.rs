@@ -6,7 +6,7 @@
 //!
 //! | command | effect |
 //! |---|---|
-//! | `status` | `{"ok":true,"state":"running","vcpus":N,"memory_mib":M,"drives":[{"id":..,"path":..,"read_only":..}]}` |
+//! | `status` | `{"ok":true,"state":"running","vcpus":N,"memory_mib":M,"drives":[{"id":..,"path":..,"read_only":..}],"fs":[{"tag":..,"backend":..}],"net":[{"mac":..,"tap":..,"vnet_hdr":..,"link":"up","rx_frames":..,"tx_frames":..,...}]}` (net counters: `rx_frames`, `rx_bytes`, `rx_dropped_too_small`, `rx_dropped_bad_frame`, `rx_bad_buffers`, `tx_frames`, `tx_bytes`, `tx_dropped`, `tx_oversized`, `tx_malformed`) |
 //! | `shutdown [DEADLINE_MS]` | graceful shutdown: Ctrl-Alt-Del is sent to the guest (i8042); if the guest has not stopped after the deadline (default: `shutdown_timeout_ms` of the config) the VM is stopped by force. The VMM exits 0 either way. |
 //! | `fill-slot ID PATH [ro]` | puts the file PATH in drive slot ID and raises a virtio-blk config-change interrupt |
 //! | `empty-slot ID` | empties drive slot ID (the guest sees capacity 0) |

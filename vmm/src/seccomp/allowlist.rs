@@ -3,7 +3,7 @@
 //! socket families, `O_CREAT`).
 //!
 //! Measured with `strace -f -qq` on every VM test binary (boot, block,
-//! hostile, lifecycle, vsock, bad_config, virtio_fs) and
+//! hostile, lifecycle, vsock, bad_config, virtio_fs, virtio_net) and
 //! `vmm/scripts/seccomp-syscalls.py`, which gives each syscall to the thread
 //! kind that made it after the point where that thread now installs its
 //! filter. A few calls the tests do not reach are added from the code
@@ -134,6 +134,17 @@ fn vhost_user() -> Vec<SyscallRules> {
     ]
 }
 
+/// A virtio-net device thread: reads and writes (in the runtime group) on
+/// its tap and eventfds, epoll. No ioctl: the tap was set up when the VM
+/// was built.
+fn net() -> Vec<SyscallRules> {
+    vec![
+        any(libc::SYS_epoll_wait),
+        any(libc::SYS_epoll_ctl),
+        any(libc::SYS_read),
+    ]
+}
+
 fn api_client() -> Result<Vec<SyscallRules>, BackendError> {
     Ok(vec![
         any(libc::SYS_read),
@@ -194,6 +205,7 @@ pub fn rules(kind: ThreadKind) -> Result<Vec<SyscallRules>, BackendError> {
         ThreadKind::Vcpu => groups.extend(vcpu()?),
         ThreadKind::Vsock => groups.extend(vsock()?),
         ThreadKind::VhostUser => groups.extend(vhost_user()),
+        ThreadKind::Net => groups.extend(net()),
         ThreadKind::ApiClient => groups.extend(api_client()?),
         // Client threads start under the listener's filter and add their
         // own: the listener's list must hold theirs.
@@ -242,7 +254,10 @@ mod tests {
             let ioctl = r.iter().find(|(nr, _)| *nr == libc::SYS_ioctl);
             match kind {
                 ThreadKind::Vcpu => assert_eq!(ioctl.map(|(_, r)| r.len()), Some(2)),
-                ThreadKind::Main | ThreadKind::ApiClient | ThreadKind::VhostUser => {
+                ThreadKind::Main
+                | ThreadKind::ApiClient
+                | ThreadKind::VhostUser
+                | ThreadKind::Net => {
                     assert!(ioctl.is_none(), "{kind:?}")
                 }
                 // FIONBIO only.
@@ -314,6 +329,26 @@ mod tests {
             assert!(!n.contains(&forbidden), "{forbidden}");
         }
         for needed in [libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_epoll_wait] {
+            assert!(n.contains(&needed), "{needed}");
+        }
+    }
+
+    #[test]
+    fn the_net_thread_cannot_open_anything_or_configure_its_tap() {
+        // The tap is opened, attached and configured before the thread
+        // starts; the thread only moves frames.
+        let n = names(ThreadKind::Net);
+        for forbidden in [
+            libc::SYS_ioctl,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_openat,
+            libc::SYS_open,
+            libc::SYS_sendmsg,
+        ] {
+            assert!(!n.contains(&forbidden), "{forbidden}");
+        }
+        for needed in [libc::SYS_read, libc::SYS_write, libc::SYS_epoll_wait] {
             assert!(n.contains(&needed), "{needed}");
         }
     }

@@ -34,6 +34,9 @@ pub enum ThreadKind {
     /// (virtiofsd) on the socket connected at start, and the relay of the
     /// backend's used-buffer notifications into the guest's interrupt.
     VhostUser,
+    /// A virtio-net device thread: frames between the guest's queues and
+    /// its tap, which was opened (and configured) before.
+    Net,
     /// The control socket's listener: accepts clients and starts a thread
     /// for each.
     Api,
@@ -43,11 +46,12 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Vsock,
         ThreadKind::VhostUser,
+        ThreadKind::Net,
         ThreadKind::Api,
         ThreadKind::ApiClient,
     ];

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -66,7 +67,7 @@ impl Interrupt {
 
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id (2 block, 19 vsock, 26 fs).
+    /// virtio device id (1 net, 2 block, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
