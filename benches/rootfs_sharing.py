@@ -18,7 +18,7 @@ on virtio-blk (`rootfs_sharing = "erofs"`), beside runc, all in one run.
    process; QEMU's PSS split into guest RAM (memfd), TCG translation buffer
    (anonymous rwx mapping), file mappings and the rest.
 4. QEMU's TCG translation buffer size: a QEMU wrapper (config `qemu = ...`)
-   rewrites `tb-size=128` to each value of --tb-sizes; per value, start
+   rewrites the configured `tb-size=N` to each value of --tb-sizes; per value, start
    latency of busybox `true`, then one pod of the large bundle: QEMU's memory
    after boot and after the step 2 workload (run with `exec`), and the
    workload's time. No runtime code is changed.

@@ -10,6 +10,7 @@
 mod container;
 mod init;
 mod logging;
+mod network;
 mod peer;
 mod ready;
 mod reaper;

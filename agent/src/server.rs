@@ -11,6 +11,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{ContainerError, Manager};
 use crate::init::cmdline::AgentOptions;
+use crate::network::{NetworkError, PodNetwork};
 use crate::reaper::Reaper;
 use crate::stdio::{read_header, Router};
 
@@ -35,8 +36,24 @@ fn status(e: ContainerError) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
 }
 
+fn network_status(e: NetworkError) -> ttrpc::Error {
+    use ttrpc::Code;
+    let code = match &e {
+        NetworkError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
+        NetworkError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        NetworkError::Unsupported { .. } => Code::FAILED_PRECONDITION,
+        NetworkError::NicNotFound { .. } => Code::NOT_FOUND,
+        NetworkError::Netns(_) | NetworkError::Netlink(_) | NetworkError::Internal(_) => {
+            Code::INTERNAL
+        }
+    };
+    tracing::warn!(error = %e, "request failed");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+}
+
 pub struct AgentService {
     containers: Arc<Manager>,
+    network: PodNetwork,
     /// Guest uptime at readiness, ms (0 until then).
     ready_ms: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -245,6 +262,15 @@ impl agent_ttrpc::Agent for AgentService {
             ..Default::default()
         })
     }
+
+    async fn setup_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::SetupNetworkRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.network.setup(&req).await.map_err(network_status)?;
+        Ok(api::Empty::default())
+    }
 }
 
 /// Accepts stdio connections (from the host only) and routes them by their
@@ -288,6 +314,7 @@ pub async fn serve(opts: AgentOptions) -> anyhow::Result<()> {
     let ready_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let service = AgentService {
         containers: Arc::new(Manager::new(reaper, router)),
+        network: PodNetwork::new(api::POD_NETNS_GUEST_PATH),
         ready_ms: Arc::clone(&ready_ms),
     };
     let services = agent_ttrpc::create_agent(Arc::new(service));

@@ -21,6 +21,7 @@ use crate::config::{self, Config, ConfigError, HypervisorKind};
 use crate::host::{self, BackendChoice, HostError, HostFacts};
 use crate::hypervisor::{self, log_block, Drive, HypervisorError, VmConfig, VM_PROCESS};
 use crate::pod::guest::Guest;
+use crate::pod::network::{NetworkError, PodNetwork};
 use crate::pod::share_fs::{self, SharedDir};
 use crate::process::{ExitEvent, ProcessGroup};
 use crate::vsock::{self, ReadyListener, StdioStream, VsockError};
@@ -77,6 +78,8 @@ pub enum SandboxError {
         .0.display()
     )]
     NoVirtiofsd(PathBuf),
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
     #[error("the pod's shared directory: {0}")]
     SharedDir(#[from] share_fs::ShareFsError),
     #[error("the VM is gone: {0}")]
@@ -104,6 +107,10 @@ pub struct SandboxSpec {
     pub boot_timeout: Option<Duration>,
     /// Give the sandbox a shared directory over virtio-fs (one virtiofsd).
     pub shared_fs: bool,
+    /// The pod's network namespace on the host: its interfaces become the
+    /// guest's NICs (tc redirect), configured in the pod's guest network
+    /// namespace.
+    pub network: Option<PathBuf>,
 }
 
 /// Where the boot time went, measured from the start of [`Sandbox::start`].
@@ -141,6 +148,7 @@ pub struct Sandbox {
     boot_time: Duration,
     timings: BootTimings,
     shared: Option<SharedDir>,
+    network: Option<PodNetwork>,
     jailed: bool,
     cleaned: bool,
 }
@@ -321,6 +329,25 @@ impl Sandbox {
         } else {
             None
         };
+        let mut network = match &spec.network {
+            Some(netns) => match PodNetwork::attach(netns) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    remove_dir(&dir);
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        let nets = network
+            .as_ref()
+            .map(|n| {
+                n.tap_fds()
+                    .into_iter()
+                    .map(|(tap_fd, mac)| hypervisor::NetDevice { tap_fd, mac })
+                    .collect()
+            })
+            .unwrap_or_default();
         let vm = VmConfig {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
@@ -338,20 +365,31 @@ impl Sandbox {
                 dir: d.root().to_path_buf(),
                 virtiofsd: bin.clone(),
             }),
+            nets,
         };
         let shared = shared.map(|(d, _)| d);
         let timeout = spec
             .boot_timeout
             .unwrap_or(Duration::from_millis(config.boot_timeout_ms));
 
-        match Self::boot(&*hv, &vm, timeout, t0).await {
+        let booted = Self::boot(&*hv, &vm, timeout, t0).await;
+        // The VM process holds the taps now: they go when it goes.
+        if let Some(n) = network.as_mut() {
+            n.release_taps();
+        }
+        if booted.is_err() {
+            if let Some(n) = network.as_mut() {
+                n.detach();
+            }
+        }
+        match booted {
             Ok((group, agent, agent_version, timings)) => {
                 // The ampoule backend does not jail ampoule-vmm yet.
                 let jailed = vm.jail.is_some() && choice.backend == host::Backend::Qemu;
                 let group_exit = group.exit_watch();
                 let boot_time = t0.elapsed();
                 tracing::info!(sandbox = %id, boot_ms = boot_time.as_millis() as u64, %agent_version, "sandbox ready");
-                Ok(Sandbox {
+                let sandbox = Sandbox {
                     id,
                     dir,
                     vsock_uds: vm.vsock_uds,
@@ -365,9 +403,17 @@ impl Sandbox {
                     boot_time,
                     timings,
                     shared,
+                    network,
                     jailed,
                     cleaned: false,
-                })
+                };
+                if let Some(net) = &sandbox.network {
+                    if let Err(e) = sandbox.guest.setup_network(net).await {
+                        sandbox.kill().await;
+                        return Err(e);
+                    }
+                }
+                Ok(sandbox)
             }
             Err((group, failure)) => {
                 if let Some(g) = &group {
@@ -490,6 +536,11 @@ impl Sandbox {
         self.shared.as_ref()
     }
 
+    /// The pod's network, when the sandbox has one.
+    pub fn network(&self) -> Option<&PodNetwork> {
+        self.network.as_ref()
+    }
+
     /// Whether the sandbox's host processes run in the jail.
     pub fn jailed(&self) -> bool {
         self.jailed
@@ -567,6 +618,9 @@ impl Sandbox {
         }
         let vm_exit = self.vm.first_exit();
         self.vm.kill_all().await;
+        if let Some(n) = self.network.as_mut() {
+            n.detach();
+        }
         remove_dir(&self.dir);
         self.cleaned = true;
         tracing::info!(sandbox = %self.id, graceful, "sandbox stopped");
@@ -581,6 +635,9 @@ impl Sandbox {
     /// only container exited).
     pub async fn kill(mut self) -> StopReport {
         self.vm.kill_all().await;
+        if let Some(n) = self.network.as_mut() {
+            n.detach();
+        }
         remove_dir(&self.dir);
         self.cleaned = true;
         tracing::info!(sandbox = %self.id, "sandbox killed");
@@ -595,7 +652,10 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if !self.cleaned {
             // ProcessGroup's drop kills the processes (its tasks reap them);
-            // the directory goes now.
+            // the redirects and the directory go now.
+            if let Some(n) = self.network.as_mut() {
+                n.detach();
+            }
             remove_dir(&self.dir);
         }
     }

@@ -24,6 +24,12 @@ pub struct VmRecord {
     pub pids: Vec<u32>,
     pub cgroups: Vec<PathBuf>,
     pub serial_log: PathBuf,
+    /// The pod's network namespace on the host and the interfaces whose tc
+    /// redirects go with the VM.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub net_interfaces: Vec<String>,
 }
 
 /// Writes the record atomically (temp file + rename).
@@ -72,6 +78,9 @@ pub async fn cleanup_vm(record: &VmRecord) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if let Some(netns) = &record.netns {
+        ampoule_runtime::pod::network::detach(netns, &record.net_interfaces);
     }
     // The shared directory's mounts are detached before anything goes; it
     // is never removed recursively.
@@ -155,6 +164,8 @@ mod tests {
             pids: vec![ours.id(), other.id()],
             cgroups: vec![],
             serial_log: vm_dir.join("serial.log"),
+            netns: None,
+            net_interfaces: Vec::new(),
         };
         write_record(d.path(), &rec).unwrap();
         assert_eq!(read_record(d.path()), Some(rec));

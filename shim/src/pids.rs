@@ -46,13 +46,20 @@ pub fn guest_namespace_paths(
     spec: &mut Value,
     vm_pid: u32,
     sandbox_guest_pid: Option<u32>,
+    pod_network: bool,
 ) -> Result<usize, NsPathError> {
     // The pod's own network namespace on the host (CNI's
-    // /var/run/netns/cni-...) cannot be opened in the guest: the sandbox
-    // container gets a network namespace of its own there, which the pod's
-    // later containers join through its /proc path below.
-    let mut rewritten =
-        usize::from(ampoule_runtime::container::namespaces::guest_network(spec).is_some());
+    // /var/run/netns/cni-...) cannot be opened in the guest: the container
+    // joins the pod's guest network namespace, which holds the pod's
+    // interfaces when the VM was booted with them (`pod_network`), or gets
+    // one of its own; the pod's later containers join it through the
+    // sandbox's /proc path below.
+    use ampoule_runtime::container::namespaces::{guest_network, join_guest_pod_network};
+    let mut rewritten = usize::from(if pod_network {
+        join_guest_pod_network(spec).is_some()
+    } else {
+        guest_network(spec).is_some()
+    });
     let Some(namespaces) = spec
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
@@ -118,7 +125,10 @@ mod tests {
     #[test]
     fn the_vm_pid_in_namespace_paths_becomes_the_sandbox_guest_pid() {
         let mut spec = cri_container(4242);
-        assert_eq!(guest_namespace_paths(&mut spec, 4242, Some(7)), Ok(3));
+        assert_eq!(
+            guest_namespace_paths(&mut spec, 4242, Some(7), false),
+            Ok(3)
+        );
         assert_eq!(
             paths(&spec),
             vec![
@@ -134,23 +144,23 @@ mod tests {
     #[test]
     fn paths_naming_other_host_processes_are_refused() {
         let mut spec = cri_container(999);
-        let e = guest_namespace_paths(&mut spec, 4242, Some(7)).unwrap_err();
+        let e = guest_namespace_paths(&mut spec, 4242, Some(7), false).unwrap_err();
         assert!(matches!(&e, NsPathError::ForeignProcess { pid, .. } if pid == "999"));
         // Before the VM pid is known nothing can be joined by pid.
         let mut spec = cri_container(4242);
-        assert!(guest_namespace_paths(&mut spec, 0, Some(7)).is_err());
+        assert!(guest_namespace_paths(&mut spec, 0, Some(7), false).is_err());
         // A pid too large for u32 is not ours either.
         let mut spec = json!({"linux": {"namespaces": [
             {"type": "ipc", "path": "/proc/99999999999999999999/ns/ipc"}
         ]}});
-        assert!(guest_namespace_paths(&mut spec, 4242, Some(7)).is_err());
+        assert!(guest_namespace_paths(&mut spec, 4242, Some(7), false).is_err());
     }
 
     #[test]
     fn the_vm_pid_without_a_running_sandbox_is_refused() {
         let mut spec = cri_container(4242);
         assert_eq!(
-            guest_namespace_paths(&mut spec, 4242, None),
+            guest_namespace_paths(&mut spec, 4242, None, false),
             Err(NsPathError::NoSandbox {
                 path: "/proc/4242/ns/ipc".into(),
                 vm_pid: 4242
@@ -166,7 +176,7 @@ mod tests {
             {"type": "network", "path": "/var/run/netns/cni-1234"},
             {"type": "ipc"}
         ]}});
-        assert_eq!(guest_namespace_paths(&mut spec, 4242, None), Ok(1));
+        assert_eq!(guest_namespace_paths(&mut spec, 4242, None, false), Ok(1));
         assert_eq!(paths(&spec), vec![None, None, None]);
         assert_eq!(spec["linux"]["namespaces"][1]["type"], "network");
     }
@@ -178,9 +188,12 @@ mod tests {
             {"type": "uts", "path": "/procfs/4242/ns/uts"}
         ]}});
         let before = spec.clone();
-        assert_eq!(guest_namespace_paths(&mut spec, 4242, Some(7)), Ok(0));
+        assert_eq!(
+            guest_namespace_paths(&mut spec, 4242, Some(7), false),
+            Ok(0)
+        );
         assert_eq!(spec, before);
         let mut spec = json!({"process": {}});
-        assert_eq!(guest_namespace_paths(&mut spec, 4242, None), Ok(0));
+        assert_eq!(guest_namespace_paths(&mut spec, 4242, None, false), Ok(0));
     }
 }

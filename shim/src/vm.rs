@@ -92,6 +92,7 @@ impl Pod {
         sizes: (Option<u32>, Option<u32>),
         layer_images: &[PathBuf],
         shared_fs: bool,
+        network: Option<PathBuf>,
     ) -> Result<(Pod, Vec<String>), VmError> {
         if shared_fs {
             // Container files come through the shared directory: no images,
@@ -101,6 +102,7 @@ impl Pod {
                 vcpus: sizes.0,
                 memory_mib: sizes.1,
                 shared_fs: true,
+                network,
                 ..Default::default()
             };
             let sandbox = Sandbox::start(config, spec).await?;
@@ -156,6 +158,7 @@ impl Pod {
             vcpus: sizes.0,
             memory_mib: sizes.1,
             drives,
+            network,
             ..Default::default()
         };
         let sandbox = match Sandbox::start(config, spec).await {
@@ -294,6 +297,18 @@ impl Pod {
             .guest()
             .create_container(id, oci_spec, files, stdio_config(stdio))
             .await?)
+    }
+
+    /// Whether the pod's guest network namespace holds the pod's interfaces.
+    pub fn has_network(&self) -> bool {
+        self.sandbox.network().is_some()
+    }
+
+    /// The pod's network namespace and interfaces, for cleanup by record.
+    pub fn network_record(&self) -> Option<(PathBuf, Vec<String>)> {
+        self.sandbox
+            .network()
+            .map(|n| (n.netns().to_path_buf(), n.interface_names()))
     }
 
     /// Whether container files reach this pod through its shared directory.

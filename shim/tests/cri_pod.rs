@@ -16,8 +16,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, DnsConfig, ExecSyncRequest, LinuxContainerConfig,
     LinuxContainerSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -42,6 +42,7 @@ fn write_cni_config(ctd: &Containerd) {
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": "10.88.7.0/24"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": ctd.dir().join("cni/ipam").display().to_string()
                 }
             },
@@ -228,14 +229,17 @@ async fn setup(name: &str) -> Option<(VmLock, Containerd, Cri)> {
 }
 
 async fn finish(ctd: Containerd, pod: &str) {
-    let groups = [pod];
+    finish_pods(ctd, &[pod]).await;
+}
+
+async fn finish_pods(ctd: Containerd, groups: &[&str]) {
     let left = common::wait_for(Duration::from_secs(15), || {
-        ctd.leftovers_with(&groups).is_empty().then_some(())
+        ctd.leftovers_with(groups).is_empty().then_some(())
     });
     assert!(
         left.is_some(),
         "left behind: {:?}\n{}",
-        ctd.leftovers_with(&groups),
+        ctd.leftovers_with(groups),
         diag(&ctd)
     );
     tokio::task::spawn_blocking(move || drop(ctd))
@@ -356,8 +360,21 @@ async fn kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm() {
         let (code, out, err) = exec(&mut cri, id, "hostname; cat /etc/hostname").await;
         assert_eq!((code, out.as_str()), (0, "web-host\nweb-host"), "{err}");
     }
-    // The pod's own network namespace (until pod networking lands: only
-    // loopback, up), shared by its containers; a PID namespace each.
+    // The pod's network namespace as CNI configured it (the bridge plugin's
+    // eth0 with the pod IP), shared by its containers; a PID namespace each.
+    let pod_ip = cri
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    assert!(pod_ip.starts_with("10.88.7."), "pod IP {pod_ip:?}");
     let mut nets = Vec::new();
     for id in [&a, &b] {
         let (code, out, err) = exec(
@@ -370,24 +387,56 @@ async fn kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm() {
         nets.push(out);
     }
     let lines: Vec<Vec<&str>> = nets.iter().map(|n| n.lines().collect()).collect();
-    assert_eq!(lines[0][0], "lo", "{nets:?}");
-    assert_eq!(lines[0].len(), 3, "{nets:?}");
+    assert_eq!(lines[0][..2], ["eth0", "lo"], "{nets:?}");
+    assert_eq!(lines[0].len(), 4, "{nets:?}");
     assert_eq!(
-        lines[0][1], lines[1][1],
+        lines[0][2], lines[1][2],
         "containers of a pod share its network: {nets:?}"
     );
     assert_ne!(
-        lines[0][2], lines[1][2],
+        lines[0][3], lines[1][3],
         "PID namespace per container: {nets:?}"
     );
-    let (code, out, _) = exec(
+    let (code, out, err) = exec(&mut cri, &a, "ip -4 -o addr show dev eth0; ip route").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{pod_ip}/24")), "{out}");
+    assert!(out.contains("default via 10.88.7.1"), "{out}");
+    // A container reaches the gateway (the bridge, in containerd's
+    // namespace), and a server in the pod answers at the pod IP from there.
+    let (code, out, err) = exec(
         &mut cri,
         &a,
-        "cat /sys/class/net/lo/operstate; ping -c1 -W1 127.0.0.1 >/dev/null && echo pong",
+        "ping -c1 -W5 10.88.7.1 >/dev/null && echo gateway; \
+         mkdir -p /tmp/w && echo hello-from-the-pod > /tmp/w/index.html && httpd -p 8080 -h /tmp/w",
     )
     .await;
-    assert_eq!(code, 0);
-    assert!(out.ends_with("pong"), "{out}");
+    assert_eq!((code, out.as_str()), (0, "gateway"), "{err}");
+    let url = format!("http://{pod_ip}:8080/index.html");
+    let got = common::wait_for(Duration::from_secs(20), || {
+        // (Debian's busybox wget crashes with -T: bound it with timeout.)
+        let o = ctd.in_netns("timeout", &["3", "busybox", "wget", "-q", "-O-", &url]);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("hello-from-the-pod")
+            .then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "GET {url} from containerd's namespace failed"
+    );
+    // A second pod reaches the first at its IP.
+    let sb2 = kubelet_pod("client");
+    let pod2 = run_pod(&mut cri, &ctd, &sb2).await;
+    let client = run_container(
+        &mut cri,
+        &ctd,
+        &pod2,
+        &sb2,
+        kubelet_container("client", &["sleep", "1000"], Vec::new()),
+    )
+    .await;
+    let (code, out, err) = exec(&mut cri, &client, &format!("timeout 10 wget -q -O- {url}")).await;
+    assert_eq!((code, out.as_str()), (0, "hello-from-the-pod"), "{err}");
+    remove_pod(&mut cri, &ctd, &pod2).await;
 
     remove_pod(&mut cri, &ctd, &pod).await;
     // The volumes keep what was written; nothing of the pod is mounted.

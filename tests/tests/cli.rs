@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ampoule_tests::{host_kernel_release, show, vm_test, wait_until, CliEnv, VmLock};
+use ampoule_tests::{host_kernel_release, show, vm_test, wait_until, CliEnv, TestNetns, VmLock};
 
 fn run_out(env: &CliEnv, id: &str, bundle: &std::path::Path) -> std::process::Output {
     env.cmd()
@@ -1140,15 +1140,35 @@ fn create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_
     assert_clean(&env);
 }
 
+/// A "pod" namespace holding `eth0` (10.77.3.2/24, default route via
+/// .1), the veth peer of `veth-out` (10.77.3.1/24) in an "outside"
+/// namespace: what a CNI bridge or podman's netavark leave, in namespaces
+/// the test made.
+fn pod_and_outside(tag: &str) -> (TestNetns, TestNetns) {
+    let pod = TestNetns::new(&format!("amp-pod-{tag}-{}", std::process::id()));
+    let out = TestNetns::new(&format!("amp-out-{tag}-{}", std::process::id()));
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "veth-out", "netns", &out.name,
+    ]);
+    pod.ip(&["addr", "add", "10.77.3.2/24", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "mtu", "1400", "up"]);
+    pod.ip(&["route", "add", "10.77.9.0/24", "dev", "eth0"]);
+    pod.ip(&["route", "add", "default", "via", "10.77.3.1"]);
+    out.ip(&["addr", "add", "10.77.3.1/24", "dev", "veth-out"]);
+    out.ip(&["link", "set", "veth-out", "mtu", "1400", "up"]);
+    (pod, out)
+}
+
 #[test]
-fn a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_lo() {
-    if !vm_test("a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_lo") {
+fn a_network_namespace_with_only_lo_gives_the_container_only_lo() {
+    if !vm_test("a_network_namespace_with_only_lo_gives_the_container_only_lo") {
         return;
     }
     let _l = VmLock::acquire();
     let env = CliEnv::new();
-    // What podman with a network sets: the path of a namespace file on the
-    // host (never opened in the guest).
+    // What podman with --network none... and a namespace file: only lo.
+    let ns = TestNetns::new(&format!("amp-lo-{}", std::process::id()));
+    let path = ns.path();
     let b = env.bundle(
         "b",
         &[
@@ -1159,7 +1179,7 @@ fn a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_
         |v| {
             v["linux"]["namespaces"] = serde_json::json!([
                 {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "network", "path": "/run/netns/ampoule-test-podman-net"}
+                {"type": "network", "path": path}
             ]);
         },
     );
@@ -1169,5 +1189,124 @@ fn a_network_namespace_file_gives_the_container_its_own_guest_network_with_only_
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"lo"), "{stdout}");
     assert_eq!(lines.len(), 2, "only lo: {stdout}");
+    assert_clean(&env);
+}
+
+#[test]
+fn the_pod_namespaces_interface_becomes_the_guest_nic_and_traffic_flows_both_ways() {
+    if !vm_test("the_pod_namespaces_interface_becomes_the_guest_nic_and_traffic_flows_both_ways") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let (pod, outside) = pod_and_outside("web");
+    let pod_mac = pod.ip(&["-j", "link", "show", "eth0"]);
+    let pod_mac: serde_json::Value = serde_json::from_str(&pod_mac).expect("ip -j");
+    let pod_mac = pod_mac[0]["address"].as_str().expect("mac").to_string();
+    // A web server outside the pod, and one in the container.
+    let www = env.env.tmp.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("index.html"), "hello-from-outside\n").expect("index");
+    let mut server = outside
+        .exec("busybox")
+        .args(["httpd", "-f", "-p", "10.77.3.1:8080", "-h"])
+        .arg(&www)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("httpd outside");
+    let path = pod.path();
+    let script = "mkdir -p /tmp/www && echo hello-from-the-pod > /tmp/www/index.html && \
+                  httpd -p 8080 -h /tmp/www && \
+                  cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu && ip -4 -o addr show dev eth0 && ip route && \
+                  timeout 10 wget -q -O- http://10.77.3.1:8080/index.html; exec sleep 1000";
+    let b = env.bundle("b", &["sh", "-c", script], |v| {
+        v["root"]["readonly"] = false.into();
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+            {"type": "network", "path": path}
+        ]);
+    });
+    let log = env.env.tmp.path().join("web.out");
+    let out = env
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("web")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("log"),
+        )
+        .status()
+        .expect("create");
+    assert!(out.success(), "create failed");
+    let started = env.cmd().args(["start", "web"]).output().expect("start");
+    assert!(started.status.success(), "{}", show(&started));
+    // From outside the pod to the container's server, at the pod's address.
+    let reached = wait_until(60, || {
+        // (Debian's busybox wget crashes with -T: bound it with timeout.)
+        outside
+            .exec("timeout")
+            .args([
+                "3",
+                "busybox",
+                "wget",
+                "-q",
+                "-O-",
+                "http://10.77.3.2:8080/index.html",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("hello-from-the-pod"))
+            .unwrap_or(false)
+    });
+    // The container's own GET of the server outside runs meanwhile.
+    wait_until(20, || {
+        std::fs::read_to_string(&log)
+            .map(|l| l.contains("hello-from-outside"))
+            .unwrap_or(false)
+    });
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        reached,
+        "the container's server was not reached from outside; it printed: {seen}"
+    ); // The container saw the pod's MAC, MTU, address and routes, and reached
+       // the server outside through the default route.
+    assert!(seen.contains(&pod_mac), "MAC {pod_mac}: {seen}");
+    assert!(seen.contains("\n1400\n"), "MTU: {seen}");
+    assert!(seen.contains("10.77.3.2/24"), "address: {seen}");
+    assert!(
+        seen.contains("default via 10.77.3.1"),
+        "default route: {seen}"
+    );
+    assert!(seen.contains("10.77.9.0/24 dev eth0"), "link route: {seen}");
+    assert!(
+        seen.contains("hello-from-outside"),
+        "outside server: {seen}"
+    );
+    // The tap and its redirects are in the pod's namespace only.
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(links.contains("tap0_amp"), "{links}");
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "web"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    let _ = server.kill();
+    let _ = server.wait();
+    // Nothing of the sandbox is left in the pod's namespace.
+    let gone = wait_until(10, || !pod.ip(&["-o", "link", "show"]).contains("_amp"));
+    assert!(gone, "tap left: {}", pod.ip(&["-o", "link", "show"]));
+    let qdiscs = Command::new("tc")
+        .args(["-n", &pod.name, "qdisc", "show", "dev", "eth0"])
+        .output()
+        .expect("tc");
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
+    assert!(!qdiscs.contains("ingress"), "redirect left: {qdiscs}");
     assert_clean(&env);
 }

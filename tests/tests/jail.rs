@@ -377,6 +377,7 @@ fn jailed_vm(env: &TestEnv, dir: &Path) -> VmConfig {
         accel: ampoule_runtime::host::Accel::Tcg,
         jail: JailSettings::from_config(&env.config),
         shared_fs: None,
+        nets: Vec::new(),
     }
 }
 

@@ -248,11 +248,13 @@ async fn prepare(
         )
         .context("linux.cgroupsPath")?;
     }
-    // The pod's network namespace file on the host becomes a network
-    // namespace of the container's own in the guest.
+    // The network namespace file on the host (podman's, with netavark): its
+    // interfaces become the guest's NICs, configured in the pod's guest
+    // network namespace, which the container joins.
     let mut config_json = bundle.config_json.clone();
     if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&config_json) {
-        if container::namespaces::guest_network(&mut v).is_some() {
+        if let Some(netns) = container::namespaces::join_guest_pod_network(&mut v) {
+            spec.network = Some(PathBuf::from(netns));
             config_json = serde_json::to_vec(&v)?;
         }
     }

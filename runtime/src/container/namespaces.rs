@@ -87,6 +87,38 @@ pub fn check_no_host_paths(spec: &Spec) -> Result<(), NamespaceError> {
     Ok(())
 }
 
+/// The path of a `network` namespace that names a namespace file (not
+/// `/proc/<pid>/...`) in `spec` (config.json as JSON): the pod's network
+/// namespace on the host.
+pub fn pod_network_path(spec: &serde_json::Value) -> Option<String> {
+    spec.get("linux")?
+        .get("namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(|t| t.as_str()) == Some("network"))
+        .and_then(|ns| ns.get("path")?.as_str())
+        .filter(|p| proc_pid(p).is_none())
+        .map(str::to_string)
+}
+
+/// Points the pod's network namespace file (see [`pod_network_path`]) at
+/// the pod's network namespace in the guest, which the agent set up from
+/// it ([`ampoule_agent_api::POD_NETNS_GUEST_PATH`]). Returns the host path
+/// it replaced.
+pub fn join_guest_pod_network(spec: &mut serde_json::Value) -> Option<String> {
+    let host = pod_network_path(spec)?;
+    for ns in spec
+        .get_mut("linux")?
+        .get_mut("namespaces")?
+        .as_array_mut()?
+    {
+        if ns.get("type").and_then(|t| t.as_str()) == Some("network") {
+            ns["path"] = serde_json::Value::from(ampoule_agent_api::POD_NETNS_GUEST_PATH);
+        }
+    }
+    Some(host)
+}
+
 /// Removes the path of a `network` namespace that names a namespace file
 /// (not `/proc/<pid>/...`) from `spec` (config.json as JSON): the container
 /// gets a network namespace of its own in the guest. Returns the path it
@@ -188,6 +220,29 @@ mod tests {
         assert_eq!(guest_network(&mut proc_path), None);
         let mut none = serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}});
         assert_eq!(guest_network(&mut none), None);
+    }
+
+    #[test]
+    fn the_pods_network_namespace_file_is_found_and_pointed_at_the_guest_pod_namespace() {
+        let mut v = serde_json::json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}
+        ]}});
+        assert_eq!(
+            pod_network_path(&v).as_deref(),
+            Some("/var/run/netns/cni-1")
+        );
+        assert_eq!(
+            join_guest_pod_network(&mut v).as_deref(),
+            Some("/var/run/netns/cni-1")
+        );
+        assert_eq!(
+            v["linux"]["namespaces"][1]["path"],
+            ampoule_agent_api::POD_NETNS_GUEST_PATH
+        );
+        let joined = serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/proc/42/ns/net"}
+        ]}});
+        assert_eq!(pod_network_path(&joined), None);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub fn vmm_argv(vm: &VmConfig, serial_log_max: u64) -> Vec<OsString> {
         a.push("--drive-slot".into());
         a.push(format!("id={s}").into());
     }
+    for net in &vm.nets {
+        a.push("--net".into());
+        a.push(format!("fd={},mac={}", net.tap_fd, net.mac).into());
+    }
     if vm.shared_fs.is_some() {
         let mut spec = OsString::from(format!("tag={},socket=", ampoule_agent_api::SHARED_FS_TAG));
         spec.push(crate::pod::share_fs::virtiofsd::socket_path(&vm.dir));
@@ -92,6 +96,20 @@ impl Hypervisor for AmpouleVmm {
         let argv = vmm_argv(vm, self.serial_log_max);
         tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");
         cmd.args(argv);
+        let taps: Vec<std::os::fd::RawFd> = vm.nets.iter().map(|n| n.tap_fd).collect();
+        // SAFETY: between fork and exec the closure only calls fcntl(2),
+        // async-signal-safe, on the child's copies of the taps, which stay
+        // open in the parent until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &taps {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         group.spawn(VM_PROCESS, cmd, &vm.process_log("ampoule-vmm"))?;
         Ok(group)
     }
@@ -130,6 +148,7 @@ mod tests {
             accel: Accel::Kvm,
             jail: None,
             shared_fs: None,
+            nets: Vec::new(),
         };
         let a: Vec<String> = vmm_argv(&vm, 4096)
             .into_iter()
@@ -185,6 +204,7 @@ mod tests {
                 dir: "/run/.shared/s".into(),
                 virtiofsd: "/usr/local/bin/virtiofsd".into(),
             }),
+            nets: Vec::new(),
         };
         let a: Vec<String> = vmm_argv(&vm, 4096)
             .into_iter()

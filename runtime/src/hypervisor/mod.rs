@@ -72,6 +72,16 @@ pub struct VmConfig {
     pub jail: Option<crate::jail::JailSettings>,
     /// The pod's shared directory over virtio-fs, if the sandbox has one.
     pub shared_fs: Option<SharedFs>,
+    /// NICs: tap descriptors (open in this process, inherited by the VMM)
+    /// and the guest MACs.
+    pub nets: Vec<NetDevice>,
+}
+
+/// A virtio-net device on a tap the runtime opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    pub tap_fd: std::os::fd::RawFd,
+    pub mac: String,
 }
 
 /// A shared directory served by `virtiofsd` into the guest.

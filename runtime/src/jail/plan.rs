@@ -265,6 +265,7 @@ mod tests {
             accel,
             jail: None,
             shared_fs: None,
+            nets: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ use ampoule_agent_api as api;
 use tokio::sync::watch;
 
 use crate::agent_client::{self, connect_agent, AgentClient, AgentError, DEFAULT_CALL_TIMEOUT};
+use crate::pod::network::PodNetwork;
 use crate::process::ExitEvent;
 use crate::sandbox::SandboxError;
 
@@ -459,6 +460,52 @@ impl Guest {
             )
             .await?;
         Ok(r.container_id)
+    }
+
+    /// Gives the pod's guest network namespace the NICs of `net` (found by
+    /// MAC) with their addresses, and the routes.
+    pub async fn setup_network(&self, net: &PodNetwork) -> Result<(), SandboxError> {
+        let req = api::SetupNetworkRequest {
+            interfaces: net
+                .endpoints
+                .iter()
+                .map(|e| api::Interface {
+                    name: e.interface.name.clone(),
+                    mac: e.interface.mac.clone(),
+                    mtu: e.interface.mtu,
+                    addresses: e
+                        .interface
+                        .addresses
+                        .iter()
+                        .map(|(address, prefix_len)| api::IPAddress {
+                            address: address.clone(),
+                            prefix_len: *prefix_len,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            routes: net
+                .routes
+                .iter()
+                .map(|r| api::Route {
+                    destination: r.destination.clone(),
+                    gateway: r.gateway.clone(),
+                    device: r.device.clone(),
+                    source: r.source.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.call(
+            "SetupNetwork",
+            self.agent
+                .setup_network(Self::ctx(DEFAULT_CALL_TIMEOUT), &req),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Asks the guest to power off (or reboot).

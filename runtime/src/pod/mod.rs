@@ -4,4 +4,5 @@
 
 pub mod cgroups;
 pub mod guest;
+pub mod network;
 pub mod share_fs;

@@ -272,12 +272,16 @@ impl TaskService {
                 message: e.to_string(),
             })?;
         let (vcpus, memory_mib) = container::sandbox_size(&oci, config)?;
+        // The pod's network namespace on the host (CNI's), if it has one.
+        let network =
+            ampoule_runtime::container::namespaces::pod_network_path(spec).map(PathBuf::from);
         let (pod, devices) = Pod::boot(
             config,
             id,
             (Some(vcpus), Some(memory_mib)),
             images,
             shared_fs,
+            network,
         )
         .await?;
         let pod = Arc::new(pod);
@@ -305,6 +309,8 @@ impl TaskService {
             pids: pod.pids(),
             cgroups,
             serial_log: pod.serial_log().to_path_buf(),
+            netns: pod.network_record().map(|(n, _)| n),
+            net_interfaces: pod.network_record().map(|(_, i)| i).unwrap_or_default(),
         };
         if let Err(e) = cleanup::write_record(bundle, &record) {
             tracing::warn!(error = %e, "writing the VM record into the bundle");
@@ -635,8 +641,13 @@ impl TaskService {
             self.sandbox_guest_pid()
         };
         let result: Result<(u32, ProcessIo), TtrpcError> = async {
-            let joined = pids::guest_namespace_paths(&mut spec, host_pid, sandbox_guest_pid)
-                .map_err(|e| status(Code::FAILED_PRECONDITION, format!("{op}: {e}")))?;
+            let joined = pids::guest_namespace_paths(
+                &mut spec,
+                host_pid,
+                sandbox_guest_pid,
+                pod.has_network(),
+            )
+            .map_err(|e| status(Code::FAILED_PRECONDITION, format!("{op}: {e}")))?;
             if joined > 0 {
                 tracing::debug!(container = %id, joined, "namespace paths pointed at the sandbox in the guest");
             }

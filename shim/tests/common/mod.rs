@@ -261,6 +261,19 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+    /// Runs `program args` in containerd's network namespace (where CNI's
+    /// bridge is, with [`Containerd::start_opts`]'s `own_netns`).
+    pub fn in_netns(&self, program: &str, args: &[&str]) -> Output {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running nsenter")
+    }
+
     /// Where containerd's CRI plugin reads CNI network configs.
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.dir.path().join("cni/conf")
