@@ -8,22 +8,35 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ampoule_tests::{ampoule_bin, show, vm_test, CliEnv, VmLock};
+use ampoule_tests::{ampoule_bin, show, vm_test, wait_until, CliEnv, TestNetns, VmLock};
 
 struct Podman<'a> {
     env: &'a CliEnv,
     dir: PathBuf,
+    /// Run podman (and so its network setup) inside this namespace.
+    netns: Option<PathBuf>,
 }
 
 impl Podman<'_> {
     fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
+        // nsenter, not `ip netns exec`, which remounts /sys (and so hides
+        // the cgroup hierarchies the runtime's jail needs).
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("podman");
+                c
+            }
+            None => Command::new("podman"),
+        };
         c.arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
             .arg(self.dir.join("run"))
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"))
+            .arg("--network-config-dir")
+            .arg(self.dir.join("networks"))
             .args([
                 "--cgroup-manager",
                 "cgroupfs",
@@ -104,6 +117,7 @@ fn podman_run_with_a_volume_leaves_the_containers_write_on_the_host() {
     let p = Podman {
         env: &env,
         dir: tmp.join("podman"),
+        netns: None,
     };
     let image = import_busybox(&p, &tmp);
     let states_before = states_in_default_root();
@@ -157,6 +171,93 @@ fn podman_run_with_a_volume_leaves_the_containers_write_on_the_host() {
     let out = p.run(&["rm", "keep"]);
     assert!(out.status.success(), "podman rm: {}", show(&out));
 
+    let left: Vec<_> = env
+        .env
+        .leftovers()
+        .into_iter()
+        .filter(|l| !l.contains("/podman/"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    let states: Vec<_> = states_in_default_root()
+        .into_iter()
+        .filter(|s| !states_before.contains(s))
+        .collect();
+    assert!(states.is_empty(), "container states left: {states:?}");
+    let _ = p.run(&["system", "reset", "--force"]);
+}
+
+#[test]
+fn podman_bridge_network_and_a_published_port_reach_the_container_inside_a_private_namespace() {
+    const NAME: &str =
+        "podman_bridge_network_and_a_published_port_reach_the_container_inside_a_private_namespace";
+    if !vm_test(NAME) {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let tmp = env.env.tmp.path().to_path_buf();
+    // podman's default bridge (CNI: bridge, host-local, portmap with
+    // iptables) is set up inside this namespace only.
+    let ns = TestNetns::new(&format!("amp-podman-{}", std::process::id()));
+    let p = Podman {
+        env: &env,
+        dir: tmp.join("podman"),
+        netns: Some(ns.path()),
+    };
+    let image = import_busybox(&p, &tmp);
+    let states_before = states_in_default_root();
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        image,
+        "sh",
+        "-c",
+        "mkdir -p /tmp/w && echo hello-from-podman > /tmp/w/index.html && httpd -f -p 80 -h /tmp/w",
+    ]);
+    assert!(out.status.success(), "podman run: {}", show(&out));
+    // The published port, from the namespace podman's network is in.
+    let get = |url: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["timeout", "3", "busybox", "wget", "-q", "-O-", url])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let reached = wait_until(60, || {
+        get("http://127.0.0.1:8080/index.html").contains("hello-from-podman")
+    });
+    let logs = p.run(&["logs", "web"]);
+    assert!(
+        reached,
+        "port 8080 did not reach the container: {}",
+        show(&logs)
+    );
+    // And the container's own address on podman's bridge.
+    let ip = p.run(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "no container IP");
+    assert!(get(&format!("http://{ip}:80/index.html")).contains("hello-from-podman"));
+    // The container's network namespace (podman's) holds our tap while it
+    // runs.
+    let key = p.run(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "web"]);
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    let links = Command::new("nsenter")
+        .arg(format!("--net={key}"))
+        .args(["ip", "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    assert!(
+        String::from_utf8_lossy(&links.stdout).contains("tap0_amp"),
+        "{}",
+        show(&links)
+    );
+    let out = p.run(&["rm", "-f", "-t", "1", "web"]);
+    assert!(out.status.success(), "podman rm: {}", show(&out));
     let left: Vec<_> = env
         .env
         .leftovers()

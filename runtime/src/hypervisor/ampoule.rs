@@ -96,20 +96,7 @@ impl Hypervisor for AmpouleVmm {
         let argv = vmm_argv(vm, self.serial_log_max);
         tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");
         cmd.args(argv);
-        let taps: Vec<std::os::fd::RawFd> = vm.nets.iter().map(|n| n.tap_fd).collect();
-        // SAFETY: between fork and exec the closure only calls fcntl(2),
-        // async-signal-safe, on the child's copies of the taps, which stay
-        // open in the parent until after the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &taps {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        super::inherit_fds(&mut cmd, vm.nets.iter().map(|n| n.tap_fd).collect());
         group.spawn(VM_PROCESS, cmd, &vm.process_log("ampoule-vmm"))?;
         Ok(group)
     }

@@ -136,6 +136,25 @@ pub fn for_backend(
     }
 }
 
+/// Lets the program `cmd` runs inherit `fds` (the serial pipe, taps, a
+/// listening socket): their close-on-exec flag is cleared in the child,
+/// between fork and exec. The descriptors must stay open in this process
+/// until the spawn.
+pub fn inherit_fds(cmd: &mut tokio::process::Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which
+    // is async-signal-safe, on the child's copies of `fds`.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Last `max` bytes of a log file, as text, for error messages.
 /// Reads only those bytes (the file may be large), without following a
 /// symlink.

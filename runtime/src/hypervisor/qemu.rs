@@ -237,19 +237,7 @@ impl Hypervisor for Qemu {
         qemu.args(serial_fd_argv(serial_fd));
         let mut inherited: Vec<std::os::fd::RawFd> = vec![serial_fd];
         inherited.extend(vm.nets.iter().map(|n| n.tap_fd));
-        // SAFETY: between fork and exec the closure only calls fcntl(2),
-        // async-signal-safe, on the child's copies of the serial pipe and
-        // the taps, which stay open in the parent until after the spawn.
-        unsafe {
-            qemu.pre_exec(move || {
-                for fd in &inherited {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        super::inherit_fds(&mut qemu, inherited);
         qemu.args(qemu_argv(vm));
         if jail.is_some() {
             qemu.args(QEMU_SANDBOX);

@@ -89,15 +89,12 @@ pub fn spawn(
         .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
         .transpose()
         .map_err(|e| HypervisorError::Invalid(format!("cgroup path: {e}")))?;
+    crate::hypervisor::inherit_fds(&mut cmd, vec![fd]);
     // SAFETY: between fork and exec the closure only makes async-signal-safe
-    // system calls (fcntl, open, write, close) on the child's copy of `fd`,
-    // which stays open in the parent until after the spawn, and on `procs`,
-    // a C string built before the fork.
+    // system calls (open, write, close) on `procs`, a C string built before
+    // the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
             if let Some(p) = &procs {
                 // "0": the writing process itself.
                 let f = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
