@@ -553,3 +553,70 @@ async fn ten_containers_in_one_pod_and_thirty_create_delete_cycles_leave_nothing
     drop(cri);
     finish(ctd, &pod).await;
 }
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn in_pod_netns(netns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .args(args)
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shim_leaves_no_tap_or_redirect_in_the_pods_network_namespace() {
+    const NAME: &str = "a_killed_shim_leaves_no_tap_or_redirect_in_the_pods_network_namespace";
+    let Some((_lock, ctd, mut cri)) = setup(NAME).await else {
+        return;
+    };
+    let before = netns_names();
+    let sb = kubelet_pod("killed");
+    let pod = run_pod(&mut cri, &ctd, &sb).await;
+    let netns: Vec<String> = netns_names()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert_eq!(netns.len(), 1, "the pod's CNI namespace: {netns:?}");
+    let netns = &netns[0];
+    let links = in_pod_netns(netns, &["ip", "-o", "link", "show"]);
+    assert!(links.contains("tap0_amp"), "{links}");
+    let qdiscs = in_pod_netns(netns, &["tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(qdiscs.contains("ingress"), "{qdiscs}");
+
+    let shim: Vec<u32> = ctd
+        .shim_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("containerd-shim-ampoule-v2"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(shim.len(), 1, "the pod's shim");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &shim[0].to_string()])
+        .status();
+    // The VM dies with its shim and the tap with the VM; containerd's
+    // cleanup (the shim's `delete`) removes the redirect.
+    let clean = common::wait_for(Duration::from_secs(30), || {
+        let links = in_pod_netns(netns, &["ip", "-o", "link", "show"]);
+        let qdiscs = in_pod_netns(netns, &["tc", "qdisc", "show", "dev", "eth0"]);
+        (!links.contains("_amp") && !qdiscs.contains("ingress")).then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "left in {netns}: {} {}",
+        in_pod_netns(netns, &["ip", "-o", "link", "show"]),
+        in_pod_netns(netns, &["tc", "qdisc", "show", "dev", "eth0"])
+    );
+    remove_pod(&mut cri, &ctd, &pod).await;
+    drop(cri);
+    finish(ctd, &pod).await;
+}
