@@ -108,7 +108,7 @@ async fn main() -> Result<()> {
     if runs == 0 {
         bail!("BENCH_RUNS must be at least 1");
     }
-    let ctd = tokio::task::spawn_blocking(|| Containerd::start(K8S_NS)).await?;
+    let ctd = tokio::task::spawn_blocking(|| Containerd::start_with_pod_network(K8S_NS)).await?;
     let mut cri = cri_client(ctd.socket()).await;
     let mut medians = Vec::new();
     let mut net = Vec::new();

@@ -27,7 +27,7 @@ async fn cri_pod_with_two_containers_shares_one_vm() {
     let _lock = tokio::task::spawn_blocking(VmLock::acquire)
         .await
         .expect("lock");
-    let ctd = tokio::task::spawn_blocking(|| Containerd::start(K8S_NS))
+    let ctd = tokio::task::spawn_blocking(|| Containerd::start_with_pod_network(K8S_NS))
         .await
         .expect("containerd");
     let mut cri = cri_client(ctd.socket()).await;

@@ -27,35 +27,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
 }
 
-/// A bridge network with host-local addresses, all inside containerd's own
-/// network namespace (the bridge and the host ends of the veths live there).
-fn write_cni_config(ctd: &Containerd) {
-    let conf = serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": "ampoule-test",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": "amptest0",
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": "10.88.7.0/24"}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": ctd.dir().join("cni/ipam").display().to_string()
-                }
-            },
-            {"type": "loopback"}
-        ]
-    });
-    std::fs::write(
-        ctd.cni_conf_dir().join("10-ampoule-test.conflist"),
-        serde_json::to_vec_pretty(&conf).expect("json"),
-    )
-    .expect("writing the CNI config");
-}
-
 /// What kubelet sends for a pod that is not on the node's network.
 fn kubelet_pod(name: &str) -> PodSandboxConfig {
     let mut c = sandbox_config(name);
@@ -220,10 +191,9 @@ async fn setup(name: &str) -> Option<(VmLock, Containerd, Cri)> {
     let lock = tokio::task::spawn_blocking(VmLock::acquire)
         .await
         .expect("lock");
-    let ctd = tokio::task::spawn_blocking(|| Containerd::start_opts(K8S_NS, true))
+    let ctd = tokio::task::spawn_blocking(|| Containerd::start_with_pod_network(K8S_NS))
         .await
         .expect("containerd");
-    write_cni_config(&ctd);
     let cri = cri_client(ctd.socket()).await;
     Some((lock, ctd, cri))
 }
@@ -619,4 +589,29 @@ async fn a_killed_shim_leaves_no_tap_or_redirect_in_the_pods_network_namespace()
     remove_pod(&mut cri, &ctd, &pod).await;
     drop(cri);
     finish(ctd, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_pod_is_refused_with_the_reason() {
+    const NAME: &str = "a_host_network_pod_is_refused_with_the_reason";
+    let Some((_lock, ctd, mut cri)) = setup(NAME).await else {
+        return;
+    };
+    let mut sb = kubelet_pod("hostnet");
+    if let Some(sc) = sb.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.namespace_options = Some(NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            ..Default::default()
+        });
+    }
+    let e = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sb),
+            runtime_handler: "ampoule".into(),
+        })
+        .await
+        .expect_err("a hostNetwork pod on ampoule");
+    assert!(e.message().contains("host network"), "{}", e.message());
+    drop(cri);
+    finish_pods(ctd, &[]).await;
 }

@@ -221,6 +221,20 @@ fn bad_bundles_and_ids_are_refused_with_their_own_status_and_write_nothing() {
         "joining the ipc namespace of PID 4242 (/proc/4242/ns/ipc) is not possible: it is not \
          in this container's microVM",
     ));
+    // podman's --network host: no network namespace of its own.
+    let b = bundle(&env, "host-network", |v| {
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}
+        ]);
+    });
+    cases.push((
+        "host networking",
+        b,
+        "c1",
+        EXIT_NAMESPACE,
+        "host networking is not possible in a microVM",
+    ));
+
     let good = bundle(&env, "good", |_| {});
     for id in ["a/b", "..", "../x", "x/../../y", ".", "/abs", ""] {
         cases.push((

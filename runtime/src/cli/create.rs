@@ -136,6 +136,8 @@ fn check_before_boot(a: &CreateArgs, bundle: &Bundle) -> anyhow::Result<()> {
     super::extra_fds::check_own(a.preserve_fds, true)?;
     container::namespaces::check_no_host_paths(&bundle.spec)
         .map_err(container::ContainerError::from)?;
+    container::namespaces::check_own_network(&bundle.spec)
+        .map_err(container::ContainerError::from)?;
     Ok(())
 }
 

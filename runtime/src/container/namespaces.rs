@@ -18,9 +18,9 @@
 //!
 //! Namespaces without a path are new ones in the guest and are untouched:
 //! podman's `--network none` (a `network` entry without a path: a fresh
-//! namespace with only loopback) and host networking (no `network` entry:
-//! the guest's own namespace, which is the VM's and not the host's) keep
-//! working. The shim maps CRI's `/proc/<pod VM pid>/ns/*` paths itself
+//! namespace with only loopback). Host networking (no `network` entry) is
+//! refused ([`check_own_network`]): the host's network cannot be shared
+//! with a VM. The shim maps CRI's `/proc/<pod VM pid>/ns/*` paths itself
 //! (shim/src/pids.rs); this check is for the CLI only.
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -36,6 +36,12 @@ pub enum NamespaceError {
         pid: String,
         path: String,
     },
+    #[error(
+        "host networking is not possible in a microVM: the container would share the host's \
+         network namespace, which cannot be shared with a VM; give it a network namespace of \
+         its own (not hostNetwork or --network host), or run it with runc"
+    )]
+    HostNetwork,
     #[error(
         "joining the {kind} namespace {path} is not possible: namespaces of the host cannot \
          be joined from a microVM; leave out its path for a namespace of the container's own"
@@ -85,6 +91,22 @@ pub fn check_no_host_paths(spec: &Spec) -> Result<(), NamespaceError> {
         });
     }
     Ok(())
+}
+
+/// Refuses a spec without a network namespace of its own (host
+/// networking: a CRI hostNetwork pod, podman's `--network host`): the
+/// host's network cannot be shared with a VM, as with Kata.
+pub fn check_own_network(spec: &Spec) -> Result<(), NamespaceError> {
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|ns| ns.typ() == LinuxNamespaceType::Network));
+    if own {
+        Ok(())
+    } else {
+        Err(NamespaceError::HostNetwork)
+    }
 }
 
 /// The path of a `network` namespace that names a namespace file (not
@@ -155,6 +177,23 @@ mod tests {
         });
         v["linux"]["namespaces"] = namespaces;
         serde_json::from_value(v).expect("spec")
+    }
+
+    #[test]
+    fn host_networking_is_refused_with_the_reason() {
+        let host_net = spec(serde_json::json!([{"type": "pid"}, {"type": "mount"}]));
+        let e = check_own_network(&host_net).unwrap_err();
+        assert_eq!(e, NamespaceError::HostNetwork);
+        assert!(e
+            .to_string()
+            .starts_with("host networking is not possible in a microVM"));
+        let none: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"}
+        }))
+        .expect("spec");
+        assert_eq!(check_own_network(&none), Err(NamespaceError::HostNetwork));
+        let own = spec(serde_json::json!([{"type": "network"}]));
+        assert_eq!(check_own_network(&own), Ok(()));
     }
 
     #[test]

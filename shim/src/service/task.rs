@@ -534,6 +534,11 @@ impl TaskService {
             )
         })?;
         let group = start::grouping(&id, &annotations(&spec));
+        // Host networking cannot be given to a VM (a hostNetwork pod).
+        if let Ok(oci) = serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()) {
+            container::namespaces::check_own_network(&oci)
+                .map_err(|e| status(Code::FAILED_PRECONDITION, format!("{op}: {e}")))?;
+        }
         let mounts: Vec<MountSpec> = req
             .rootfs
             .iter()

@@ -42,17 +42,15 @@ pub fn sandbox_config(name: &str) -> PodSandboxConfig {
             namespace: "default".to_string(),
             attempt: 0,
         }),
-        // Empty, as kubelet sends it for a pod on the node's network (a
-        // hostname needs a UTS namespace of the pod's own).
         hostname: String::new(),
         labels: HashMap::new(),
         linux: Some(LinuxPodSandboxConfig {
             // ctr-style leftovers check: the pod cgroup sits under /k8s.io.
             cgroup_parent: format!("/{K8S_NS}/pod-{name}"),
             security_context: Some(LinuxSandboxSecurityContext {
-                // No CNI here: the pod uses the node's network.
+                // The pod's own network (CNI: Containerd::start_with_pod_network).
                 namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
+                    network: NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
                 ..Default::default()

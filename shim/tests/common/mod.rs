@@ -261,6 +261,39 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+    /// containerd in a network namespace of its own with a CNI bridge
+    /// network (bridge `amptest0`, 10.88.7.0/24 from host-local, a default
+    /// route via the bridge): what CRI pods with their own network need,
+    /// without touching the host's network namespace.
+    pub fn start_with_pod_network(namespace: &str) -> Containerd {
+        let ctd = Self::start_opts(namespace, true);
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "ampoule-test",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "amptest0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.88.7.0/24"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": ctd.dir().join("cni/ipam").display().to_string()
+                    }
+                },
+                {"type": "loopback"}
+            ]
+        });
+        fs::write(
+            ctd.cni_conf_dir().join("10-ampoule-test.conflist"),
+            serde_json::to_vec_pretty(&conf).expect("json"),
+        )
+        .expect("writing the CNI config");
+        ctd
+    }
+
     /// Runs `program args` in containerd's network namespace (where CNI's
     /// bridge is, with [`Containerd::start_opts`]'s `own_netns`).
     pub fn in_netns(&self, program: &str, args: &[&str]) -> Output {

@@ -1,8 +1,11 @@
 //! virtio 1.x devices on the virtio-mmio transport.
 
 pub mod block;
+pub mod device_thread;
 pub mod fs;
 pub mod mmio;
+#[cfg(test)]
+pub mod mock_queue;
 pub mod net;
 pub mod vsock;
 

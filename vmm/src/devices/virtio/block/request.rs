@@ -177,17 +177,9 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
+    use crate::devices::virtio::mock_queue::{d, mem, queue, F_NEXT, F_WRITE};
     use virtio_queue::QueueOwnedT;
     use vm_memory::{Bytes, GuestAddress};
-
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-    }
 
     fn backing(sectors: u64, read_only: bool) -> (Backing, PathBuf) {
         let p = std::env::temp_dir().join(format!(
@@ -222,19 +214,15 @@ mod tests {
         descs: &[(u64, u32, u16)],
         b: Option<&mut Backing>,
     ) -> Result<u32, RequestError> {
-        let q = MockSplitQueue::new(m, 16);
-        let raw: Vec<RawDescriptor> = descs
+        let descs: Vec<_> = descs
             .iter()
             .enumerate()
             .map(|(i, &(addr, len, flags))| {
                 let next = if flags & F_NEXT != 0 { i as u16 + 1 } else { 0 };
-                RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
-                    addr, len, flags, next,
-                ))
+                d(addr, len, flags, next)
             })
             .collect();
-        q.add_desc_chains(&raw, 0).unwrap();
-        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let mut queue = queue(m, 16, &descs);
         let chain = queue.iter(m).unwrap().next().unwrap();
         handle(m, chain, "slot-a", b)
     }

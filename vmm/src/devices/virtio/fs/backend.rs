@@ -16,7 +16,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +25,12 @@ use vhost::vhost_user::{
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::VringSetup;
 use super::{Event, FsError, FsShared, NUM_QUEUES, QUEUE_SIZES};
+use crate::devices::virtio::device_thread::{self, DeviceLink, DeviceWorker, ThreadEnd};
 use crate::devices::virtio::{Interrupt, VIRTIO_F_VERSION_1};
 
 /// Longest wait for one reply (or one send) on the backend's socket.
@@ -72,10 +72,8 @@ pub struct Activation {
 pub struct Setup {
     /// Features the backend offers.
     pub features: u64,
-    /// Kick eventfds, one per queue.
-    pub kicks: Vec<Arc<EventFd>>,
-    pub tx: Sender<Event>,
-    pub wake: Arc<EventFd>,
+    /// The link to the device thread.
+    pub link: DeviceLink<Event>,
     pub shared: Arc<FsShared>,
 }
 
@@ -87,14 +85,12 @@ impl Backend {
     /// Starts the device thread (`vhost-fs<index>`) under the vhost-user
     /// seccomp filter of `filters`.
     pub fn start(self, index: usize, filters: &crate::seccomp::Filters) -> std::io::Result<()> {
-        let mut w = self.0;
-        crate::seccomp::spawn(
+        device_thread::start(
             format!("vhost-fs{index}"),
             crate::seccomp::ThreadKind::VhostUser,
             filters,
-            move || w.run(),
-        )?;
-        Ok(())
+            self.0,
+        )
     }
 }
 
@@ -106,11 +102,8 @@ struct Worker {
     /// VHOST_USER_F_PROTOCOL_FEATURES negotiated: rings are enabled with
     /// SET_VRING_ENABLE.
     protocol: bool,
-    epoll: Epoll,
-    wake: Arc<EventFd>,
-    events: Receiver<Event>,
+    end: ThreadEnd<Event>,
     calls: Vec<EventFd>,
-    kicks: Vec<Arc<EventFd>>,
     shared: Arc<FsShared>,
     interrupt: Option<Interrupt>,
     /// Queues the backend was given since the last stop.
@@ -168,26 +161,19 @@ pub fn connect(tag: &str, socket: &Path) -> Result<(Setup, Backend), FsError> {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
     }
-    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"));
-    let kicks = (0..NUM_QUEUES)
-        .map(|_| evt().map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    let setup_err = |e: device_thread::SetupError| io(e.what)(e.source);
+    let (link, end) = device_thread::link(format!("virtio-fs {tag:?}"), NUM_QUEUES, TOKEN_WAKE)
+        .map_err(setup_err)?;
     let calls = (0..NUM_QUEUES)
-        .map(|_| evt())
-        .collect::<Result<Vec<_>, _>>()?;
-    let wake = Arc::new(evt()?);
-    let epoll = Epoll::new().map_err(io("epoll"))?;
-    let add = |fd: i32, set: EventSet, token: u64| {
-        epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-            .map_err(io("epoll_ctl"))
-    };
-    add(wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
-    add(frontend.as_raw_fd(), EventSet::READ_HANG_UP, TOKEN_SOCKET)?;
+        .map(|_| device_thread::eventfd())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(setup_err)?;
+    end.add(frontend.as_raw_fd(), EventSet::READ_HANG_UP, TOKEN_SOCKET)
+        .map_err(setup_err)?;
     for (i, c) in calls.iter().enumerate() {
-        add(c.as_raw_fd(), EventSet::IN, TOKEN_CALL + i as u64)?;
+        end.add(c.as_raw_fd(), EventSet::IN, TOKEN_CALL + i as u64)
+            .map_err(setup_err)?;
     }
-    let (tx, rx) = channel();
     let shared = Arc::new(FsShared::default());
     let worker = Worker {
         tag: tag.to_string(),
@@ -195,11 +181,8 @@ pub fn connect(tag: &str, socket: &Path) -> Result<(Setup, Backend), FsError> {
         frontend,
         backend_features: features,
         protocol,
-        epoll,
-        wake: wake.clone(),
-        events: rx,
+        end,
         calls,
-        kicks: kicks.clone(),
         shared: shared.clone(),
         interrupt: None,
         started: Vec::new(),
@@ -214,9 +197,7 @@ pub fn connect(tag: &str, socket: &Path) -> Result<(Setup, Backend), FsError> {
     Ok((
         Setup {
             features,
-            kicks,
-            tx,
-            wake,
+            link,
             shared,
         },
         Backend(worker),
@@ -227,23 +208,19 @@ fn req(what: &'static str) -> impl FnOnce(vhost::Error) -> ActivateError {
     move |source| ActivateError::Request { what, source }
 }
 
-impl Worker {
+impl DeviceWorker for Worker {
+    type Event = Event;
+
     fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 8];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("virtio-fs {:?}: epoll: {e}; the device stops", self.tag);
-                    return;
-                }
+            let Some(n) = self.end.wait(-1, &mut events) else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_WAKE => {
-                        let _ = self.wake.read();
-                        if !self.handle_events() {
+                        if !self.woken() {
                             return;
                         }
                     }
@@ -258,18 +235,19 @@ impl Worker {
         }
     }
 
-    /// Handles the device's messages; false once the device is gone.
-    fn handle_events(&mut self) -> bool {
-        loop {
-            match self.events.try_recv() {
-                Ok(Event::Activate(a)) => self.activate(a),
-                Ok(Event::Reset) => self.reset(),
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
-            }
-        }
+    fn end(&self) -> &ThreadEnd<Event> {
+        &self.end
     }
 
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::Activate(a) => self.activate(a),
+            Event::Reset => self.reset(),
+        }
+    }
+}
+
+impl Worker {
     /// The backend wrote queue `i`'s call eventfd: used buffers.
     fn relay_call(&mut self, i: usize) {
         let Some(call) = self.calls.get(i) else {
@@ -290,7 +268,7 @@ impl Worker {
         if self.shared.backend_gone.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self.epoll.ctl(
+        let _ = self.end.epoll.ctl(
             ControlOperation::Delete,
             self.frontend.as_raw_fd(),
             EpollEvent::default(),
@@ -369,7 +347,7 @@ impl Worker {
     fn start_ring(&mut self, v: &VringSetup) -> Result<(), ActivateError> {
         let i = v.index;
         let (Some(call), Some(kick), Some(&max)) =
-            (self.calls.get(i), self.kicks.get(i), QUEUE_SIZES.get(i))
+            (self.calls.get(i), self.end.kicks.get(i), QUEUE_SIZES.get(i))
         else {
             return Err(ActivateError::Request {
                 what: "queue index",

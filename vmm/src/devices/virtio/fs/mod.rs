@@ -36,13 +36,13 @@ pub mod queue;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::device_thread::DeviceLink;
 use super::{read_config_bytes, Interrupt, VirtioDevice};
 use crate::config::MAX_FS_TAG;
 
@@ -127,11 +127,8 @@ pub struct Fs {
     tag: String,
     config: [u8; CONFIG_SIZE],
     features: u64,
-    kicks: Vec<Arc<EventFd>>,
-    tx: Sender<Event>,
-    wake: Arc<EventFd>,
+    link: DeviceLink<Event>,
     shared: Arc<FsShared>,
-    bad_notifies: u64,
 }
 
 /// The config space of a device with `tag` (already checked to fit).
@@ -154,11 +151,8 @@ impl Fs {
                 tag: tag.to_string(),
                 config: config_space(tag),
                 features: setup.features & RING_FEATURES,
-                kicks: setup.kicks,
-                tx: setup.tx,
-                wake: setup.wake,
+                link: setup.link,
                 shared: setup.shared,
-                bad_notifies: 0,
             },
             backend,
         ))
@@ -172,15 +166,6 @@ impl Fs {
     /// The tag.
     pub fn tag(&self) -> &str {
         &self.tag
-    }
-
-    fn send(&self, e: Event) {
-        if self.tx.send(e).is_err() {
-            tracing::error!("virtio-fs {:?}: device thread is gone", self.tag);
-        }
-        if let Err(e) = self.wake.write(1) {
-            tracing::error!("virtio-fs {:?}: waking the device thread: {e}", self.tag);
-        }
     }
 }
 
@@ -214,7 +199,7 @@ impl VirtioDevice for Fs {
         let vrings = queue::check_queues(&mem, &queues, NUM_QUEUES)
             .map_err(|e| format!("virtio-fs {:?}: {e}", self.tag))?;
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.send(Event::Activate(backend::Activation {
+        self.link.send(Event::Activate(backend::Activation {
             mem,
             vrings,
             features: acked_features,
@@ -225,35 +210,16 @@ impl VirtioDevice for Fs {
     }
 
     fn queue_notify(&mut self, index: u32) {
-        match self.kicks.get(index as usize) {
-            Some(k) => {
-                if let Err(e) = k.write(1) {
-                    tracing::warn!("virtio-fs {:?}: kick: {e}", self.tag);
-                }
-            }
-            None => {
-                if super::should_log(&mut self.bad_notifies) {
-                    tracing::warn!(
-                        count = self.bad_notifies,
-                        "virtio-fs {:?}: notify of unknown queue {index}",
-                        self.tag
-                    );
-                }
-            }
-        }
+        self.link.kick(index);
     }
 
     fn queue_notify_eventfds(&self) -> Vec<(u32, Arc<EventFd>)> {
-        self.kicks
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (i as u32, k.clone()))
-            .collect()
+        self.link.kick_eventfds()
     }
 
     fn reset(&mut self) {
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        self.send(Event::Reset);
+        self.link.send(Event::Reset);
     }
 
     fn needs_reset(&self) -> bool {

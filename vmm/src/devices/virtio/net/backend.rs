@@ -13,33 +13,23 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 
 use super::tap::Tap;
 use super::{
     add, rx, tx, Event, NetError, NetShared, BUDGET, MAX_FRAME_WITH_HDR, NUM_QUEUES, RX_QUEUE,
     TX_QUEUE, VNET_HDR_LEN,
 };
+use crate::devices::virtio::device_thread::{self, DeviceLink, DeviceWorker, ThreadEnd};
 use crate::devices::virtio::{should_log, Interrupt};
 
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_TAP: u64 = 1;
 const TOKEN_KICK: u64 = 16;
-
-/// What the device keeps, and the thread to start.
-pub struct Setup {
-    /// Kick eventfds, one per queue.
-    pub kicks: Vec<Arc<EventFd>>,
-    pub tx: Sender<Event>,
-    pub wake: Arc<EventFd>,
-    pub backend: Backend,
-}
 
 /// The device thread, not started yet (so that the process can drop its
 /// privileges while it has one thread).
@@ -49,14 +39,12 @@ impl Backend {
     /// Starts the device thread (`net<index>`) under the net seccomp
     /// filter of `filters`.
     pub fn start(self, index: usize, filters: &crate::seccomp::Filters) -> std::io::Result<()> {
-        let mut w = self.0;
-        crate::seccomp::spawn(
+        device_thread::start(
             format!("net{index}"),
             crate::seccomp::ThreadKind::Net,
             filters,
-            move || w.run(),
-        )?;
-        Ok(())
+            self.0,
+        )
     }
 }
 
@@ -69,10 +57,7 @@ struct Active {
 struct Worker {
     tap: Tap,
     shared: Arc<NetShared>,
-    epoll: Epoll,
-    wake: Arc<EventFd>,
-    events: Receiver<Event>,
-    kicks: Vec<Arc<EventFd>>,
+    end: ThreadEnd<Event>,
     active: Option<Active>,
     /// EPOLLIN is on for the tap.
     tap_armed: bool,
@@ -91,39 +76,29 @@ struct Worker {
     bad_host: u64,
 }
 
-/// Creates the eventfds and the epoll set of a NIC on `tap`.
-pub fn prepare(tap: Tap, shared: Arc<NetShared>) -> Result<Setup, NetError> {
+/// Creates the eventfds and the epoll set of a NIC on `tap`: the device's
+/// link to its thread, and the thread to start.
+pub fn prepare(tap: Tap, shared: Arc<NetShared>) -> Result<(DeviceLink<Event>, Backend), NetError> {
     let name = shared.tap_name.clone();
-    let io = |what: &'static str| {
-        let name = name.clone();
-        move |source| NetError::Io { name, what, source }
+    let io = |e: device_thread::SetupError| NetError::Io {
+        name: name.clone(),
+        what: e.what,
+        source: e.source,
     };
-    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"));
-    let kicks = (0..NUM_QUEUES)
-        .map(|_| evt().map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    let wake = Arc::new(evt()?);
-    let epoll = Epoll::new().map_err(io("epoll"))?;
-    let add_fd = |fd: i32, set: EventSet, token: u64| {
-        epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-            .map_err(io("epoll_ctl"))
-    };
-    add_fd(wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
-    for (i, k) in kicks.iter().enumerate() {
-        add_fd(k.as_raw_fd(), EventSet::IN, TOKEN_KICK + i as u64)?;
+    let (link, end) =
+        device_thread::link(format!("net {name:?}"), NUM_QUEUES, TOKEN_WAKE).map_err(io)?;
+    for (i, k) in end.kicks.iter().enumerate() {
+        end.add(k.as_raw_fd(), EventSet::IN, TOKEN_KICK + i as u64)
+            .map_err(io)?;
     }
     // Not polled for input until the guest posts RX buffers; errors and
     // hang-ups are always reported.
-    add_fd(tap.as_raw_fd(), EventSet::empty(), TOKEN_TAP)?;
-    let (tx, rx) = channel();
+    end.add(tap.as_raw_fd(), EventSet::empty(), TOKEN_TAP)
+        .map_err(io)?;
     let worker = Worker {
         tap,
         shared,
-        epoll,
-        wake: wake.clone(),
-        events: rx,
-        kicks: kicks.clone(),
+        end,
         active: None,
         tap_armed: false,
         tap_gone: false,
@@ -134,32 +109,23 @@ pub fn prepare(tap: Tap, shared: Arc<NetShared>) -> Result<Setup, NetError> {
         bad_guest: 0,
         bad_host: 0,
     };
-    Ok(Setup {
-        kicks,
-        tx,
-        wake,
-        backend: Backend(worker),
-    })
+    Ok((link, Backend(worker)))
 }
 
-impl Worker {
+impl DeviceWorker for Worker {
+    type Event = Event;
+
     fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 8];
         loop {
             let timeout = if self.tx_more { 0 } else { -1 };
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("net {:?}: epoll: {e}; the device stops", self.name());
-                    return;
-                }
+            let Some(n) = self.end.wait(timeout, &mut events) else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_WAKE => {
-                        let _ = self.wake.read();
-                        if !self.handle_events() {
+                        if !self.woken() {
                             return;
                         }
                     }
@@ -173,7 +139,7 @@ impl Worker {
                     }
                     t => {
                         let i = t.saturating_sub(TOKEN_KICK) as usize;
-                        if let Some(k) = self.kicks.get(i) {
+                        if let Some(k) = self.end.kicks.get(i) {
                             let _ = k.read();
                         }
                     }
@@ -184,36 +150,37 @@ impl Worker {
         }
     }
 
-    fn name(&self) -> &str {
-        &self.shared.tap_name
+    fn end(&self) -> &ThreadEnd<Event> {
+        &self.end
     }
 
-    /// Handles the device's messages; false once the device is gone.
-    fn handle_events(&mut self) -> bool {
-        loop {
-            match self.events.try_recv() {
-                Ok(Event::Activate {
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::Activate {
+                mem,
+                queues,
+                interrupt,
+            } => {
+                tracing::debug!("net {:?}: activated", self.name());
+                self.active = Some(Active {
                     mem,
                     queues,
                     interrupt,
-                }) => {
-                    tracing::debug!("net {:?}: activated", self.name());
-                    self.active = Some(Active {
-                        mem,
-                        queues,
-                        interrupt,
-                    });
-                    self.tx_more = false;
-                }
-                Ok(Event::Reset) => {
-                    self.active = None;
-                    self.tx_more = false;
-                    self.arm_tap(false);
-                }
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
+                });
+                self.tx_more = false;
+            }
+            Event::Reset => {
+                self.active = None;
+                self.tx_more = false;
+                self.arm_tap(false);
             }
         }
+    }
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.shared.tap_name
     }
 
     /// Turns polling the tap for input on or off.
@@ -222,7 +189,7 @@ impl Worker {
             return;
         }
         let set = if on { EventSet::IN } else { EventSet::empty() };
-        match self.epoll.ctl(
+        match self.end.epoll.ctl(
             ControlOperation::Modify,
             self.tap.as_raw_fd(),
             EpollEvent::new(set, TOKEN_TAP),
@@ -237,7 +204,7 @@ impl Worker {
         if self.tap_gone {
             return;
         }
-        let _ = self.epoll.ctl(
+        let _ = self.end.epoll.ctl(
             ControlOperation::Delete,
             self.tap.as_raw_fd(),
             EpollEvent::default(),

@@ -31,14 +31,14 @@ pub mod tap;
 pub mod tx;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, should_log, Interrupt, VirtioDevice};
+use super::device_thread::DeviceLink;
+use super::{read_config_bytes, Interrupt, VirtioDevice};
 use crate::config::MacAddr;
 
 /// virtio device id of a network card.
@@ -191,10 +191,7 @@ pub enum Event {
 /// The virtio-net device.
 pub struct Net {
     shared: Arc<NetShared>,
-    kicks: Vec<Arc<EventFd>>,
-    tx: Sender<Event>,
-    wake: Arc<EventFd>,
-    bad_notifies: u64,
+    link: DeviceLink<Event>,
 }
 
 impl Net {
@@ -209,34 +206,13 @@ impl Net {
             stats: NetStats::default(),
             link_up: AtomicBool::new(true),
         });
-        let setup = backend::prepare(tap, shared.clone())?;
-        Ok((
-            Net {
-                shared,
-                kicks: setup.kicks,
-                tx: setup.tx,
-                wake: setup.wake,
-                bad_notifies: 0,
-            },
-            setup.backend,
-        ))
+        let (link, backend) = backend::prepare(tap, shared.clone())?;
+        Ok((Net { shared, link }, backend))
     }
 
     /// State shared with the control socket.
     pub fn shared(&self) -> Arc<NetShared> {
         self.shared.clone()
-    }
-
-    fn send(&self, e: Event) {
-        if self.tx.send(e).is_err() {
-            tracing::error!("net {:?}: device thread is gone", self.shared.tap_name);
-        }
-        if let Err(e) = self.wake.write(1) {
-            tracing::error!(
-                "net {:?}: waking the device thread: {e}",
-                self.shared.tap_name
-            );
-        }
     }
 }
 
@@ -272,7 +248,7 @@ impl VirtioDevice for Net {
                 queues.len()
             ));
         }
-        self.send(Event::Activate {
+        self.link.send(Event::Activate {
             mem,
             queues,
             interrupt,
@@ -281,34 +257,15 @@ impl VirtioDevice for Net {
     }
 
     fn queue_notify(&mut self, index: u32) {
-        match self.kicks.get(index as usize) {
-            Some(k) => {
-                if let Err(e) = k.write(1) {
-                    tracing::warn!("net {:?}: kick: {e}", self.shared.tap_name);
-                }
-            }
-            None => {
-                if should_log(&mut self.bad_notifies) {
-                    tracing::warn!(
-                        count = self.bad_notifies,
-                        "net {:?}: notify of unknown queue {index}",
-                        self.shared.tap_name
-                    );
-                }
-            }
-        }
+        self.link.kick(index);
     }
 
     fn queue_notify_eventfds(&self) -> Vec<(u32, Arc<EventFd>)> {
-        self.kicks
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (i as u32, k.clone()))
-            .collect()
+        self.link.kick_eventfds()
     }
 
     fn reset(&mut self) {
-        self.send(Event::Reset);
+        self.link.send(Event::Reset);
     }
 }
 

@@ -274,20 +274,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::mock_queue::{d, mem, used, F_NEXT, F_WRITE};
     use std::collections::VecDeque;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-    }
-
-    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
-        Descriptor::new(addr, len, flags, next)
-    }
 
     /// A tap with `frames` queued (each with a zero header when `vnet`).
     fn source(frames: &[Vec<u8>], vnet: bool) -> VecDeque<Vec<u8>> {
@@ -317,17 +305,20 @@ mod tests {
     }
 
     fn queue(m: &GuestMemoryMmap, chains: &[Descriptor]) -> Queue {
-        let q = MockSplitQueue::new(m, 256);
-        let raw: Vec<RawDescriptor> = chains.iter().map(|&d| RawDescriptor::from(d)).collect();
-        q.add_desc_chains(&raw, 0).unwrap();
-        q.create_queue().unwrap()
+        crate::devices::virtio::mock_queue::queue(m, 256, chains)
     }
 
-    fn used(m: &GuestMemoryMmap, q: &Queue, i: u64) -> (u32, u32) {
-        let base = q.used_ring() + 4 + 8 * i;
-        let id: u32 = m.read_obj(GuestAddress(base)).unwrap();
-        let len: u32 = m.read_obj(GuestAddress(base + 4)).unwrap();
-        (id, len)
+    /// One pass of at most `budget` frames from `src`, with fresh buffers.
+    fn pass(
+        m: &GuestMemoryMmap,
+        q: &mut Queue,
+        budget: usize,
+        vnet: bool,
+        src: &mut VecDeque<Vec<u8>>,
+    ) -> RxPass {
+        let mut regions = Vec::new();
+        let mut buf = vec![0u8; READ_BUF_LEN];
+        fill_rx(m, q, budget, vnet, &mut regions, &mut buf, reader(src))
     }
 
     #[test]
@@ -350,17 +341,7 @@ mod tests {
                 // DATA_VALID from the host does not reach the guest.
                 src[0][0] = 2;
             }
-            let mut regions = Vec::new();
-            let mut buf = vec![0u8; READ_BUF_LEN];
-            let p = fill_rx(
-                &m,
-                &mut q,
-                64,
-                vnet,
-                &mut regions,
-                &mut buf,
-                reader(&mut src),
-            );
+            let p = pass(&m, &mut q, 64, vnet, &mut src);
             assert_eq!((p.delivered, p.used, p.bytes), (2, 2, 160));
             assert!(p.no_buffers && !p.source_empty);
             // The third frame waits in the tap for a buffer.
@@ -397,17 +378,7 @@ mod tests {
             ],
         );
         let mut src = source(&[vec![1; 60], vec![2; 60]], true);
-        let mut regions = Vec::new();
-        let mut buf = vec![0u8; READ_BUF_LEN];
-        let p = fill_rx(
-            &m,
-            &mut q,
-            64,
-            true,
-            &mut regions,
-            &mut buf,
-            reader(&mut src),
-        );
+        let p = pass(&m, &mut q, 64, true, &mut src);
         assert_eq!((p.bad_buffers, p.too_small, p.delivered), (3, 1, 1));
         assert_eq!(p.used, 5);
         assert_eq!(used(&m, &q, 2), (2, 0));
@@ -433,17 +404,7 @@ mod tests {
         let mut src: VecDeque<Vec<u8>> = [vec![0u8; 20], gso, csum, vec![0u8; 70_000]]
             .into_iter()
             .collect();
-        let mut regions = Vec::new();
-        let mut buf = vec![0u8; READ_BUF_LEN];
-        let p = fill_rx(
-            &m,
-            &mut q,
-            64,
-            true,
-            &mut regions,
-            &mut buf,
-            reader(&mut src),
-        );
+        let p = pass(&m, &mut q, 64, true, &mut src);
         assert_eq!((p.bad_frames, p.delivered, p.used), (4, 0, 0));
         assert!(p.source_empty && !p.no_buffers);
         // The buffer is still available.
@@ -459,17 +420,7 @@ mod tests {
         let mut q = queue(&m, &chains);
         let frames: Vec<Vec<u8>> = (0..100).map(|_| vec![7u8; 100]).collect();
         let mut src = source(&frames, false);
-        let mut regions = Vec::new();
-        let mut buf = vec![0u8; READ_BUF_LEN];
-        let p = fill_rx(
-            &m,
-            &mut q,
-            32,
-            false,
-            &mut regions,
-            &mut buf,
-            reader(&mut src),
-        );
+        let p = pass(&m, &mut q, 32, false, &mut src);
         assert_eq!(p.delivered, 32);
         assert!(p.more);
         assert_eq!(src.len(), 68);

@@ -165,23 +165,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
+    use crate::devices::virtio::mock_queue::{d, mem, queue, F_NEXT, F_WRITE};
     use vm_memory::GuestAddress;
 
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
     const HDR: u64 = 0x8000;
     const FRAME: u64 = 0x9000;
     const BIG: u64 = 0x2_0000;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-    }
-
-    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
-        Descriptor::new(addr, len, flags, next)
-    }
 
     fn frame(m: &GuestMemoryMmap) {
         m.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(HDR))
@@ -246,22 +235,14 @@ mod tests {
             (0..300).map(|_| d(FRAME, 0, F_NEXT, 3)).collect(),
             TxError::TooManyDescriptors,
         );
-        m.write_slice(&[1, 0], GuestAddress(HDR)).unwrap();
-        check(
-            vec![d(HDR, 12, F_NEXT, 1), d(FRAME, 60, 0, 0)],
-            TxError::Offload {
-                flags: 1,
-                gso_type: 0,
-            },
-        );
-        m.write_slice(&[0, 4], GuestAddress(HDR)).unwrap();
-        check(
-            vec![d(HDR, 12, F_NEXT, 1), d(FRAME, 60, 0, 0)],
-            TxError::Offload {
-                flags: 0,
-                gso_type: 4,
-            },
-        );
+        for (flags, gso_type) in [(1, 0), (0, 4)] {
+            m.write_slice(&[flags, gso_type], GuestAddress(HDR))
+                .unwrap();
+            check(
+                vec![d(HDR, 12, F_NEXT, 1), d(FRAME, 60, 0, 0)],
+                TxError::Offload { flags, gso_type },
+            );
+        }
         // The largest frame passes.
         m.write_slice(&[0, 0], GuestAddress(HDR)).unwrap();
         read_tx_chain(
@@ -280,16 +261,14 @@ mod tests {
     fn a_pass_handles_at_most_its_budget_and_returns_every_chain() {
         let m = mem();
         frame(&m);
-        let q = MockSplitQueue::new(&m, 256);
-        let mut raw = Vec::new();
+        let mut descs = Vec::new();
         for i in 0..100u16 {
-            raw.push(RawDescriptor::from(d(HDR, 12, F_NEXT, 2 * i + 1)));
+            descs.push(d(HDR, 12, F_NEXT, 2 * i + 1));
             // Every other chain is oversized.
             let len = if i % 2 == 0 { 60 } else { 70_000 };
-            raw.push(RawDescriptor::from(d(FRAME, len, 0, 0)));
+            descs.push(d(FRAME, len, 0, 0));
         }
-        q.add_desc_chains(&raw, 0).unwrap();
-        let mut queue: Queue = q.create_queue().unwrap();
+        let mut queue = queue(&m, 256, &descs);
         let mut buf = Vec::new();
         let (mut ok, mut oversized) = (0, 0);
         let mut pass = drain_tx(&m, &mut queue, 32, &mut buf, |r| match r {

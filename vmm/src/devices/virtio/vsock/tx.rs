@@ -128,9 +128,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::split::Descriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
+    use crate::devices::virtio::mock_queue::{d, mem, queue, F_NEXT};
     use vm_memory::{Bytes, GuestAddress};
 
     const HDR: u64 = 0x8000;
@@ -152,18 +150,12 @@ mod tests {
     /// A queue of 256 whose available ring holds `chains` packets, each a
     /// header descriptor and a data descriptor.
     fn flooded(m: &GuestMemoryMmap, chains: u16) -> Queue {
-        let q = MockSplitQueue::new(m, 256);
-        let mut raw = Vec::new();
+        let mut descs = Vec::new();
         for i in 0..chains {
-            raw.push(RawDescriptor::from(Descriptor::new(HDR, 44, 1, 2 * i + 1)));
-            raw.push(RawDescriptor::from(Descriptor::new(DATA, 16, 0, 0)));
+            descs.push(d(HDR, 44, F_NEXT, 2 * i + 1));
+            descs.push(d(DATA, 16, 0, 0));
         }
-        q.add_desc_chains(&raw, 0).unwrap();
-        q.create_queue().unwrap()
-    }
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+        queue(m, 256, &descs)
     }
 
     #[test]
