@@ -65,19 +65,15 @@ pub struct ContainerState {
     pub monitor_pid: u32,
     /// Its start time (field 22 of /proc/PID/stat), to detect pid reuse.
     pub monitor_start_time: u64,
-    /// The sandbox directory and hybrid vsock socket.
-    pub sandbox_dir: PathBuf,
+    /// The hybrid vsock socket.
     pub vsock_uds: PathBuf,
+    /// The sandbox's host resources, for `delete` (also after the monitor
+    /// died): the pod service's record.
+    pub sandbox: crate::pod::record::SandboxRecord,
     /// pid of the init process in the guest.
     pub guest_pid: u32,
     /// Exit status (128+N for a signal) once stopped.
     pub exit_status: Option<i32>,
-    /// Images made for this container only (removed on delete).
-    pub private_images: Vec<PathBuf>,
-    /// Host cgroup directories made for `linux.cgroupsPath` (removed on
-    /// delete).
-    #[serde(default)]
-    pub host_cgroups: Vec<PathBuf>,
     /// Uid of the creator.
     pub owner: u32,
 }
@@ -345,12 +341,13 @@ mod tests {
             created: now_rfc3339(),
             monitor_pid: std::process::id(),
             monitor_start_time: process_start_time(std::process::id()).unwrap_or(0),
-            sandbox_dir: "/run/x".into(),
             vsock_uds: "/run/x/vsock.sock".into(),
+            sandbox: crate::pod::record::SandboxRecord {
+                sandbox_dir: "/run/x".into(),
+                ..Default::default()
+            },
             guest_pid: 1,
             exit_status: None,
-            private_images: vec![],
-            host_cgroups: vec![],
             owner: 0,
         }
     }

@@ -214,10 +214,6 @@ impl Pod {
         ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path)
     }
 
-    /// Host pids of the VM's processes.
-    pub fn pids(&self) -> Vec<u32> {
-        self.sandbox.pids()
-    }
     pub fn serial_log(&self) -> &Path {
         self.sandbox.serial_log()
     }
@@ -233,9 +229,6 @@ impl Pod {
         )
     }
 
-    pub fn dir(&self) -> &Path {
-        self.sandbox.dir()
-    }
     pub fn boot_time(&self) -> Duration {
         self.sandbox.boot_time()
     }
@@ -304,11 +297,9 @@ impl Pod {
         self.sandbox.network().is_some()
     }
 
-    /// The pod's network namespace and interfaces, for cleanup by record.
-    pub fn network_record(&self) -> Option<(PathBuf, Vec<String>)> {
-        self.sandbox
-            .network()
-            .map(|n| (n.netns().to_path_buf(), n.interface_names()))
+    /// What `delete` needs to clean up if this shim dies.
+    pub fn record(&self) -> ampoule_runtime::pod::record::SandboxRecord {
+        ampoule_runtime::pod::record::SandboxRecord::of(&self.sandbox)
     }
 
     /// Whether container files reach this pod through its shared directory.

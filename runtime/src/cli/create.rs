@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ampoule_runtime::config::RootfsSharing;
 use ampoule_runtime::container::{self, rootfs, Bundle};
+use ampoule_runtime::pod::record::SandboxRecord;
 use ampoule_runtime::pod::share_fs;
 use ampoule_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec};
 use ampoule_runtime::state::{self, ContainerState, Status, Store};
@@ -97,12 +98,13 @@ fn initial_state(ctx: &Ctx, id: &str, bundle: &Bundle) -> ContainerState {
         created: state::now_rfc3339(),
         monitor_pid: 0,
         monitor_start_time: 0,
-        sandbox_dir: ctx.config.run_dir.join(sandbox_id(&ctx.root, id)),
         vsock_uds: PathBuf::new(),
+        sandbox: SandboxRecord {
+            sandbox_dir: ctx.config.run_dir.join(sandbox_id(&ctx.root, id)),
+            ..Default::default()
+        },
         guest_pid: 0,
         exit_status: None,
-        private_images: Vec::new(),
-        host_cgroups: Vec::new(),
         owner: nix::unistd::geteuid().as_raw(),
     }
 }
@@ -350,16 +352,17 @@ async fn prepare(
             }
         }
     }
+    let mut record = SandboxRecord::of(&sandbox);
+    record.host_cgroups = host_cgroups.clone();
+    record.files = binds_image.iter().cloned().collect();
     let me = std::process::id();
     let saved = store.update(id, |s| {
         s.status = Status::Created;
         s.monitor_pid = me;
         s.monitor_start_time = state::process_start_time(me).unwrap_or(0);
-        s.sandbox_dir = sandbox.dir().to_path_buf();
+        s.sandbox = record.clone();
         s.vsock_uds = sandbox.vsock_uds().to_path_buf();
         s.guest_pid = created;
-        s.private_images = binds_image.iter().cloned().collect();
-        s.host_cgroups = host_cgroups.clone();
     });
     if let Err(e) = saved {
         sandbox.stop().await;

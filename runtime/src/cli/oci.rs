@@ -150,20 +150,9 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    // Whatever a dead monitor left: its VM processes die with it (they
-    // have a parent-death signal); their directory and images go here.
-    if !s.sandbox_dir.as_os_str().is_empty() {
-        // The shared directory's mounts are detached before anything is
-        // removed, and it is never removed recursively.
-        ampoule_runtime::pod::share_fs::teardown(&ampoule_runtime::pod::share_fs::dir_for(
-            &s.sandbox_dir,
-        ));
-        let _ = std::fs::remove_dir_all(&s.sandbox_dir);
-    }
-    for img in &s.private_images {
-        let _ = std::fs::remove_file(img);
-    }
-    ampoule_runtime::host_cgroup::remove(&s.host_cgroups);
+    // Whatever a dead monitor left (its VM processes die with it, having a
+    // parent-death signal): the pod service's cleanup by record.
+    s.sandbox.clean_up().await;
     store.remove(&a.id)?;
     Ok(0)
 }

@@ -5,4 +5,5 @@
 pub mod cgroups;
 pub mod guest;
 pub mod network;
+pub mod record;
 pub mod share_fs;

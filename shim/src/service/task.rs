@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::{Code, Error as TtrpcError};
 
-use crate::cleanup::{self, VmRecord};
+use crate::cleanup;
 use crate::events::{now, Events};
 use crate::io::{ProcessIo, StdioPaths};
 use crate::oom::{self, OomGate, Verdict};
@@ -302,16 +302,9 @@ impl TaskService {
         }
         *lock(&self.inner.host_cgroups) = cgroups.clone();
         // What `delete` needs if this shim is killed.
-        let record = VmRecord {
-            sandbox_id: id.to_string(),
-            vm_dir: pod.dir().to_path_buf(),
-            slot_dir: vm::slot_dir(config, id),
-            pids: pod.pids(),
-            cgroups,
-            serial_log: pod.serial_log().to_path_buf(),
-            netns: pod.network_record().map(|(n, _)| n),
-            net_interfaces: pod.network_record().map(|(_, i)| i).unwrap_or_default(),
-        };
+        let mut record = pod.record();
+        record.dirs = vec![vm::slot_dir(config, id)];
+        record.host_cgroups = cgroups;
         if let Err(e) = cleanup::write_record(bundle, &record) {
             tracing::warn!(error = %e, "writing the VM record into the bundle");
         }
