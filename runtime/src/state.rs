@@ -36,7 +36,44 @@ pub enum Status {
     Stopped,
 }
 
+/// The lifecycle's rules, one place for the OCI CLI and the shim (as
+/// youki's status carries its own): which operation a status allows.
 impl Status {
+    /// `start`: only a created container.
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+
+    /// `kill`: a container whose process exists.
+    pub fn can_kill(self) -> bool {
+        matches!(self, Status::Created | Status::Running | Status::Paused)
+    }
+
+    /// `delete` without force: one whose process is not running.
+    pub fn can_delete(self) -> bool {
+        matches!(self, Status::Creating | Status::Created | Status::Stopped)
+    }
+
+    /// `pause`.
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    /// `resume`.
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
+
+    /// `exec`: a new process only in a running container.
+    pub fn can_exec(self) -> bool {
+        self == Status::Running
+    }
+
+    /// `ps`: a container whose process exists.
+    pub fn can_list_processes(self) -> bool {
+        self.can_kill()
+    }
+
     /// The word used in `state` output.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -350,6 +387,25 @@ mod tests {
             exit_status: None,
             owner: 0,
         }
+    }
+
+    #[test]
+    fn each_status_allows_only_its_operations() {
+        use Status::*;
+        let all = [Creating, Created, Running, Paused, Stopped];
+        let allowed = |f: fn(Status) -> bool| -> Vec<Status> {
+            all.iter().copied().filter(|s| f(*s)).collect()
+        };
+        assert_eq!(allowed(Status::can_start), [Created]);
+        assert_eq!(allowed(Status::can_kill), [Created, Running, Paused]);
+        assert_eq!(allowed(Status::can_delete), [Creating, Created, Stopped]);
+        assert_eq!(allowed(Status::can_pause), [Running]);
+        assert_eq!(allowed(Status::can_resume), [Paused]);
+        assert_eq!(allowed(Status::can_exec), [Running]);
+        assert_eq!(
+            allowed(Status::can_list_processes),
+            [Created, Running, Paused]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ampoule_runtime::container::{self, Bundle};
 use ampoule_runtime::pod::guest::Guest;
-use ampoule_runtime::state::{effective_status, Status};
+use ampoule_runtime::state::effective_status;
 use anyhow::Context;
 
 use super::create::wrong_state;
@@ -134,7 +134,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     super::extra_fds::check_own(a.preserve_fds, false)?;
     let s = ctx.store().load(&a.id)?;
     let status = effective_status(&s);
-    if status != Status::Running {
+    if !status.can_exec() {
         return Err(wrong_state(&a.id, status, "exec in"));
     }
     if a.tty && a.detach && a.console_socket.is_none() {

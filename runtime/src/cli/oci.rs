@@ -79,7 +79,7 @@ pub async fn start(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
     let store = ctx.store();
     let s = store.load(id)?;
     let status = effective_status(&s);
-    if status != Status::Created {
+    if !status.can_start() {
         return Err(wrong_state(id, status, "start"));
     }
     let agent = agent_of(&s).await?;
@@ -106,7 +106,7 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> anyhow::Result<i32> {
     let sig = parse_signal(&a.signal).map_err(|e| anyhow::Error::new(WrongState(e)))?;
     let s = ctx.store().load(&a.id)?;
     let status = effective_status(&s);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+    if !status.can_kill() {
         return Err(wrong_state(&a.id, status, "kill"));
     }
     let agent = agent_of(&s).await?;
@@ -131,7 +131,7 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<i32> {
         Err(e) => return Err(e.into()),
     };
     let status = effective_status(&s);
-    if matches!(status, Status::Running | Status::Paused) && !a.force {
+    if !status.can_delete() && !a.force {
         return Err(wrong_state(&a.id, status, "delete (use --force)"));
     }
     if monitor_alive(&s) {
@@ -187,7 +187,7 @@ pub async fn pause_resume(ctx: &Ctx, id: &str, pause: bool) -> anyhow::Result<i3
 pub async fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<i32> {
     let s = ctx.store().load(&a.id)?;
     let status = effective_status(&s);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+    if !status.can_list_processes() {
         return Err(wrong_state(&a.id, status, "list processes of"));
     }
     let agent = agent_of(&s).await?;

@@ -43,12 +43,9 @@ struct ExitInfo {
 /// Where a process's exit is published (first writer wins).
 type ExitTx = Arc<watch::Sender<Option<ExitInfo>>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProcState {
-    Created,
-    Running,
-    Stopped,
-}
+/// A process's lifecycle: the runtime's status, with its rules (`Paused`
+/// is kept per container, as containerd's pause is).
+use ampoule_runtime::state::Status as ProcState;
 
 /// A container's init process or one of its execs.
 struct Proc {
@@ -724,7 +721,7 @@ impl Task for TaskService {
         tracing::debug!(%id, exec = %exec_id, "Start");
         let op = Op::new("start", &id, &exec_id);
         let state = self.with_proc(&id, &exec_id, |p| p.state)?;
-        if state != ProcState::Created {
+        if !state.can_start() {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 format!("{op}: already started"),
@@ -811,7 +808,7 @@ impl Task for TaskService {
             });
         }
         let (pid, exit, state) = self.with_proc(&id, "", |p| (p.host_pid, p.exited(), p.state))?;
-        if state == ProcState::Running && exit.is_none() {
+        if !state.can_delete() && exit.is_none() {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 format!("{op}: the container is still running"),
@@ -934,9 +931,14 @@ impl Task for TaskService {
             let exit = p.exited();
             let st = match (p.state, &exit) {
                 (_, Some(_)) | (ProcState::Stopped, _) => Status::STOPPED,
-                (ProcState::Created, _) => Status::CREATED,
-                (ProcState::Running, _) if bundle.1 => Status::PAUSED,
-                (ProcState::Running, _) => Status::RUNNING,
+                (ProcState::Creating | ProcState::Created, _) => Status::CREATED,
+                (ProcState::Running | ProcState::Paused, _) => {
+                    if bundle.1 {
+                        Status::PAUSED
+                    } else {
+                        Status::RUNNING
+                    }
+                }
             };
             api::StateResponse {
                 id: req.id.clone(),
