@@ -89,6 +89,25 @@ fn import_busybox(p: &Podman, tmp: &Path) -> &'static str {
     IMAGE
 }
 
+/// Nothing of Ampoule is left (podman's own storage aside), and no
+/// container state beyond `states_before`; then podman's storage goes.
+fn assert_nothing_left(p: &Podman, states_before: &[String]) {
+    let left: Vec<_> = p
+        .env
+        .env
+        .leftovers()
+        .into_iter()
+        .filter(|l| !l.contains("/podman/"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    let states: Vec<_> = states_in_default_root()
+        .into_iter()
+        .filter(|s| !states_before.contains(s))
+        .collect();
+    assert!(states.is_empty(), "container states left: {states:?}");
+    let _ = p.run(&["system", "reset", "--force"]);
+}
+
 /// Container state directories in the CLI's default `--root`.
 fn states_in_default_root() -> Vec<String> {
     std::fs::read_dir("/run/ampoule")
@@ -171,19 +190,7 @@ fn podman_run_with_a_volume_leaves_the_containers_write_on_the_host() {
     let out = p.run(&["rm", "keep"]);
     assert!(out.status.success(), "podman rm: {}", show(&out));
 
-    let left: Vec<_> = env
-        .env
-        .leftovers()
-        .into_iter()
-        .filter(|l| !l.contains("/podman/"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:#?}");
-    let states: Vec<_> = states_in_default_root()
-        .into_iter()
-        .filter(|s| !states_before.contains(s))
-        .collect();
-    assert!(states.is_empty(), "container states left: {states:?}");
-    let _ = p.run(&["system", "reset", "--force"]);
+    assert_nothing_left(&p, &states_before);
 }
 
 #[test]
@@ -258,17 +265,5 @@ fn podman_bridge_network_and_a_published_port_reach_the_container_inside_a_priva
     );
     let out = p.run(&["rm", "-f", "-t", "1", "web"]);
     assert!(out.status.success(), "podman rm: {}", show(&out));
-    let left: Vec<_> = env
-        .env
-        .leftovers()
-        .into_iter()
-        .filter(|l| !l.contains("/podman/"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:#?}");
-    let states: Vec<_> = states_in_default_root()
-        .into_iter()
-        .filter(|s| !states_before.contains(s))
-        .collect();
-    assert!(states.is_empty(), "container states left: {states:?}");
-    let _ = p.run(&["system", "reset", "--force"]);
+    assert_nothing_left(&p, &states_before);
 }
