@@ -330,6 +330,18 @@ async fn kubelet_shaped_pod_shares_live_volumes_dns_and_hostname_in_one_vm() {
         let (code, out, err) = exec(&mut cri, id, "hostname; cat /etc/hostname").await;
         assert_eq!((code, out.as_str()), (0, "web-host\nweb-host"), "{err}");
     }
+    // /etc/hosts is the file CRI wrote for the pod, used in place.
+    let cri_hosts = ctd
+        .dir()
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&pod)
+        .join("hosts");
+    let want = std::fs::read_to_string(&cri_hosts)
+        .unwrap_or_else(|e| panic!("{}: {e}", cri_hosts.display()));
+    let (code, out, err) = exec(&mut cri, &a, "cat /etc/hosts").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, want.trim(), "/etc/hosts is not CRI's");
+    assert!(out.contains("localhost"), "{out}");
     // The pod's network namespace as CNI configured it (the bridge plugin's
     // eth0 with the pod IP), shared by its containers; a PID namespace each.
     let pod_ip = cri
