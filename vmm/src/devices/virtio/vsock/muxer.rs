@@ -286,12 +286,21 @@ impl Muxer {
         }
     }
 
-    fn push_control(&mut self, pkt: (u32, u32, u16, u32)) {
+    /// Queues a control packet for the guest; false when the queue is full
+    /// and it was dropped. A packet identical to the last one queued is
+    /// redundant and not queued again: a guest flooding packets for an
+    /// unknown connection gets one RST per burst, not one per packet, and
+    /// the queue keeps room for the host's connection requests.
+    fn push_control(&mut self, pkt: (u32, u32, u16, u32)) -> bool {
+        if self.control.back() == Some(&pkt) {
+            return true;
+        }
         if self.control.len() >= MAX_CONTROL {
             self.bad("guest does not read its RX queue: dropping a control packet");
-            return;
+            return false;
         }
         self.control.push_back(pkt);
+        true
     }
 
     fn add_token(&mut self) -> u64 {
@@ -433,7 +442,11 @@ impl Muxer {
                 c.readable = false;
                 self.conns.insert(key, c);
                 self.tokens.insert(token, key);
-                self.push_control((host_port, port, OP_REQUEST, 0));
+                if !self.push_control((host_port, port, OP_REQUEST, 0)) {
+                    // The guest does not read its RX queue: the host's
+                    // connection is closed at once rather than left waiting.
+                    self.remove_conn(key);
+                }
             }
         }
     }
