@@ -426,3 +426,34 @@ impl Drop for TestNetns {
             .output();
     }
 }
+
+/// The `ampoule-vmm` binary under test: `$AMPOULE_BIN_DIR/ampoule-vmm`,
+/// else the workspace's `target/debug/ampoule-vmm`.
+pub fn vmm_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AMPOULE_BIN_DIR") {
+        return PathBuf::from(dir).join("ampoule-vmm");
+    }
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| here.join("../target"))
+        .join("debug/ampoule-vmm")
+}
+
+/// ampoule-vmm's freestanding test guest (64-bit Linux boot protocol),
+/// built with gcc from `vmm/test-guests` into `dir`: what the VMM runs on a
+/// host where no standard Linux guest boots (PVM).
+pub fn vmm_test_guest(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/test-guests/build.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("running vmm/test-guests/build.sh (needs gcc)");
+    assert!(
+        out.status.success(),
+        "building the test guests: {}",
+        show(&out)
+    );
+    dir.join("guest-linux64.elf")
+}

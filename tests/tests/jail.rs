@@ -514,3 +514,108 @@ async fn virtiofsd_serves_the_shared_directory_with_only_file_serving_capabiliti
     let left = env.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// ampoule-vmm launched by the runtime's ampoule backend with the jail on:
+/// it runs as the sandbox's uid with no capabilities, its own seccomp
+/// filters, in its own root without `/dev/kvm` (it is handed a descriptor),
+/// inside the sandbox's memory cgroup, and still serves the guest's vsock.
+/// The guest is the VMM's own test guest: no standard Linux guest boots on
+/// this host's KVM (PVM), the runtime's guest image boots on QEMU above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_runs_ampoule_vmm_jailed_with_a_kvm_descriptor_and_its_guest_keeps_vsock() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    use ampoule_runtime::hypervisor::ampoule::AmpouleVmm;
+    use ampoule_runtime::hypervisor::Hypervisor;
+    use ampoule_runtime::hypervisor::VM_PROCESS;
+
+    let name =
+        "the_runtime_runs_ampoule_vmm_jailed_with_a_kvm_descriptor_and_its_guest_keeps_vsock";
+    if !vm_test(name) {
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        println!("SKIPPED: {name}: no /dev/kvm");
+        return;
+    }
+    let _lock = VmLock::acquire();
+    let env = jail_env();
+    let dir = env.tmp.path().join("s3");
+    std::fs::create_dir(&dir).expect("sandbox dir");
+    let guests = env.tmp.path().join("guests");
+    std::fs::create_dir(&guests).expect("guest dir");
+    let mut vm = jailed_vm(&env, &dir);
+    vm.kernel = ampoule_tests::vmm_test_guest(&guests);
+    vm.initrd = guests.join("initrd");
+    std::fs::write(&vm.initrd, b"").expect("empty initrd");
+    vm.cmdline = "t=vsock".into();
+    vm.accel = ampoule_runtime::host::Accel::Kvm;
+    let vmm = AmpouleVmm {
+        binary: ampoule_tests::vmm_bin(),
+        serial_log_max: 1 << 20,
+    };
+    let group = vmm
+        .launch(&vm)
+        .await
+        .unwrap_or_else(|e| panic!("launch: {e}"));
+    let pid = group.pid_of(VM_PROCESS).expect("ampoule-vmm's pid");
+    let ready = wait_until(30, || {
+        std::fs::read_to_string(&vm.serial_log)
+            .map(|s| s.contains("VSOCK-READY"))
+            .unwrap_or(false)
+    });
+    assert!(
+        ready,
+        "guest ready: serial {:?}, VMM log {:?}",
+        std::fs::read_to_string(&vm.serial_log).unwrap_or_default(),
+        std::fs::read_to_string(vm.process_log("ampoule-vmm")).unwrap_or_default()
+    );
+
+    let s = status::read(pid).expect("ampoule-vmm's /proc status");
+    assert_jailed(&s, true);
+    let root = std::fs::metadata(format!("/proc/{pid}/root/.")).expect("stat root");
+    let host = std::fs::metadata("/").expect("stat /");
+    assert_ne!((root.dev(), root.ino()), (host.dev(), host.ino()));
+    assert!(
+        !Path::new(&format!("/proc/{pid}/root/dev/kvm")).exists(),
+        "/dev/kvm is not in the jail"
+    );
+    let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    assert!(
+        fds.iter().any(|l| l == Path::new("anon_inode:kvm-vm")),
+        "its VM was made through the descriptor it was handed: {fds:?}"
+    );
+    let cg = cgroup_parent_dir(&env).join(format!("{}-s3", s.uids[0]));
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).expect("cgroup.procs");
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{pid} in {}: {procs}",
+        cg.display()
+    );
+
+    // The jailed VMM's vsock device serves the guest's echo port.
+    let mut c = std::os::unix::net::UnixStream::connect(&vm.vsock_uds).expect("connect vsock");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    c.write_all(b"CONNECT 1024\nfrom a jailed VMM")
+        .expect("write");
+    let mut r = BufReader::new(c.try_clone().expect("clone"));
+    let mut line = String::new();
+    r.read_line(&mut line).expect("OK line");
+    assert!(line.starts_with("OK "), "{line:?}");
+    let mut got = vec![0u8; 17];
+    r.read_exact(&mut got).expect("echo");
+    assert_eq!(got, b"from a jailed VMM");
+    drop(c);
+
+    drop(group);
+    assert!(
+        wait_until(10, || !cg.exists()),
+        "cgroup {} removed",
+        cg.display()
+    );
+}

@@ -38,6 +38,8 @@ pub const MAX_IFNAME: usize = 15;
 /// Errors in a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--kvm-fd {fd}: {reason}")]
+    KvmFd { fd: i32, reason: String },
     #[error("uid and gid must be given together")]
     Identity,
     #[error("invalid --drive value {value:?}: {reason}")]
@@ -267,6 +269,10 @@ pub struct VmConfig {
     /// Run as this gid (with `uid`) once everything is open.
     #[serde(default)]
     pub gid: Option<u32>,
+    /// An inherited descriptor of `/dev/kvm` to use instead of opening the
+    /// device (a jailed VMM runs as a uid that may not open it).
+    #[serde(default)]
+    pub kvm_fd: Option<i32>,
 }
 
 impl Default for VmConfig {
@@ -288,6 +294,7 @@ impl Default for VmConfig {
             seccomp: true,
             uid: None,
             gid: None,
+            kvm_fd: None,
         }
     }
 }
@@ -610,10 +617,34 @@ impl VmConfig {
         Ok(())
     }
 
+    /// Checks `kvm_fd`: open, not a standard stream, not a tap's.
+    fn validate_kvm_fd(&self) -> Result<(), ConfigError> {
+        let Some(fd) = self.kvm_fd else {
+            return Ok(());
+        };
+        let reason = if fd < 3 {
+            Some("it is standard input, output or error")
+        } else if self.net.iter().any(|n| n.fd == Some(fd)) {
+            Some("a net device uses the same descriptor")
+        } else if !crate::devices::virtio::net::tap::fd_is_open(fd) {
+            Some("it is not open in the VMM (was it inherited?)")
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => Err(ConfigError::KvmFd {
+                fd,
+                reason: r.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
         check_elf(kernel)?;
         self.identity()?;
+        self.validate_kvm_fd()?;
         if let Some(initrd) = &self.initrd {
             let md = std::fs::metadata(initrd).map_err(|e| ConfigError::Initrd {
                 path: initrd.clone(),
@@ -953,6 +984,29 @@ mod tests {
         assert!(VmConfig::default().seccomp);
         let c = from_json_str(r#"{"kernel": "/k", "seccomp": false}"#).unwrap();
         assert!(!c.seccomp);
+    }
+
+    #[test]
+    fn a_kvm_fd_must_be_open_beyond_stdio_and_not_a_taps() {
+        let base = VmConfig::default();
+        let check = |fd: i32, net: Vec<NetConfig>| {
+            VmConfig {
+                kvm_fd: Some(fd),
+                net,
+                ..base.clone()
+            }
+            .validate_kvm_fd()
+        };
+        assert!(check(2, vec![]).is_err(), "stderr");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert!(check(fd, vec![]).is_ok());
+        let tap = parse_net(&format!("fd={fd},mac=02:00:00:00:00:01")).unwrap();
+        assert!(check(fd, vec![tap]).is_err(), "shared with a net device");
+        drop(f);
+        assert!(check(fd, vec![]).is_err(), "closed");
+        let c = from_json_str(r#"{"kernel": "/k", "kvm_fd": 9}"#).unwrap();
+        assert_eq!(c.kvm_fd, Some(9));
     }
 
     #[test]

@@ -72,6 +72,10 @@ struct Cli {
     /// Run as this gid once everything is open (with --uid).
     #[arg(long, value_name = "GID")]
     gid: Option<u32>,
+    /// Use this inherited descriptor of /dev/kvm instead of opening it
+    /// (a jailed VMM may not be allowed to open the device).
+    #[arg(long, value_name = "FD")]
+    kvm_fd: Option<i32>,
 }
 
 fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -117,6 +121,9 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     if cli.gid.is_some() {
         c.gid = cli.gid;
+    }
+    if cli.kvm_fd.is_some() {
+        c.kvm_fd = cli.kvm_fd;
     }
     let base = c.drives.len();
     for (i, d) in cli.drive.iter().enumerate() {

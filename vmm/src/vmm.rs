@@ -314,7 +314,7 @@ impl Vmm {
             u8::try_from(config.vcpus).map_err(|_| ConfigError::Vcpus(config.vcpus))?;
         let kernel = config.kernel.clone().ok_or(ConfigError::NoKernel)?;
 
-        let kvm = vm::open_kvm()?;
+        let kvm = vm::open_kvm(config.kvm_fd)?;
         // A vhost-user backend maps guest memory itself: it must be a
         // shareable file then, and only then (anonymous private memory
         // keeps transparent huge pages and plain anonymous accounting).

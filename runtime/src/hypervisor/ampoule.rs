@@ -1,6 +1,7 @@
 //! `ampoule` backend: Ampoule's own VMM, `ampoule-vmm`, one process per VM.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -8,6 +9,8 @@ use tokio::process::Command;
 
 use super::{Hypervisor, HypervisorError, VmConfig, VM_PROCESS};
 use crate::host::Backend;
+use crate::jail::plan::JailedProcess;
+use crate::jail::SandboxJail;
 use crate::process::ProcessGroup;
 
 /// The ampoule-vmm backend.
@@ -84,22 +87,62 @@ impl Hypervisor for AmpouleVmm {
     }
 
     async fn launch(&self, vm: &VmConfig) -> Result<ProcessGroup, HypervisorError> {
-        if vm.jail.is_some() {
-            // Not jailed yet: it opens /dev/kvm (root-only here) and fills
-            // drive slots by path at run time, which a jail must provide.
-            tracing::warn!("the ampoule backend runs ampoule-vmm unjailed");
-        }
+        // Declared before the group: on an early return the group is
+        // dropped (its processes told to die) before the jail's cgroup goes.
+        let jail = match &vm.jail {
+            Some(settings) => Some(SandboxJail::create(vm, settings)?),
+            None => None,
+        };
         let mut group = ProcessGroup::new();
         // The VMM connects to virtiofsd's socket as it starts.
-        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, None, None)?;
-        let mut cmd = Command::new(&self.binary);
-        let argv = vmm_argv(vm, self.serial_log_max);
-        tracing::debug!(vmm = %self.binary.display(), args = ?argv, "starting ampoule-vmm");
+        let procs = jail.as_ref().map(|j| j.cgroup().procs_file());
+        crate::pod::share_fs::virtiofsd::spawn(
+            &mut group,
+            vm,
+            jail.as_ref().map(|j| j.uid()),
+            procs.as_deref(),
+        )?;
+        let mut cmd = match &jail {
+            Some(j) => j
+                .confine(JailedProcess::AmpouleVmm, vm, &self.binary)?
+                .command(),
+            None => Command::new(&self.binary),
+        };
+        let mut argv = vmm_argv(vm, self.serial_log_max);
+        let mut inherited: Vec<RawFd> = vm.nets.iter().map(|n| n.tap_fd).collect();
+        // A jailed VMM runs as a uid that may not open /dev/kvm (0600 root
+        // on many hosts), and the device is not in its jail: it is handed
+        // an open descriptor, closed here once the VMM has its copy.
+        let kvm = match &jail {
+            Some(_) => Some(open_kvm()?),
+            None => None,
+        };
+        if let Some(kvm) = &kvm {
+            argv.push("--kvm-fd".into());
+            argv.push(kvm.as_raw_fd().to_string().into());
+            inherited.push(kvm.as_raw_fd());
+        }
+        tracing::debug!(vmm = %self.binary.display(), args = ?argv, jailed = jail.is_some(), "starting ampoule-vmm");
         cmd.args(argv);
-        super::inherit_fds(&mut cmd, vm.nets.iter().map(|n| n.tap_fd).collect());
-        group.spawn(VM_PROCESS, cmd, &vm.process_log("ampoule-vmm"))?;
+        super::inherit_fds(&mut cmd, inherited);
+        let spawned = group.spawn(VM_PROCESS, cmd, &vm.process_log("ampoule-vmm"));
+        drop(kvm);
+        spawned?;
+        if let Some(j) = jail {
+            group.hold(j);
+        }
         Ok(group)
     }
+}
+
+/// Opens /dev/kvm for a jailed VMM (close-on-exec: only the descriptor
+/// made inheritable in the child crosses the exec).
+fn open_kvm() -> Result<std::fs::File, HypervisorError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| HypervisorError::Invalid(format!("cannot open /dev/kvm for the VMM: {e}")))
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@
 //! network namespaces; a private tmpfs root holding bind mounts of only
 //! what the process needs (`/usr` read-only for the binary and its
 //! libraries, the sandbox directory, the kernel, initrd and drives for the
-//! VMM, `/dev/null`, `/dev/zero`, `/dev/urandom`, `/dev/kvm` when KVM is
-//! used), `pivot_root` into it; RLIMIT_NOFILE, RLIMIT_FSIZE, RLIMIT_CORE=0;
+//! VMM, `/dev/null`, `/dev/zero`, `/dev/urandom`, `/dev/kvm` for a QEMU
+//! using KVM; ampoule-vmm is handed an open descriptor of `/dev/kvm`
+//! instead), `pivot_root` into it; RLIMIT_NOFILE, RLIMIT_FSIZE, RLIMIT_CORE=0;
 //! no capabilities (empty bounding, ambient, inheritable, permitted and
 //! effective sets); `PR_SET_NO_NEW_PRIVS`; and a seccomp filter: QEMU's own
 //! `-sandbox` ([`QEMU_SANDBOX`]), our allowlist for vhost-device-vsock

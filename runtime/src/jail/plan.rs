@@ -172,7 +172,10 @@ pub fn plan(vm: &VmConfig, input: &PlanInput, entry: impl Fn(&Path) -> HostEntry
     let mut fsize = input.limits.fsize;
     match input.process {
         JailedProcess::Qemu | JailedProcess::AmpouleVmm => {
-            if vm.accel == Accel::Kvm {
+            // ampoule-vmm is handed an open descriptor of /dev/kvm
+            // (`--kvm-fd`): the device (root-only on many hosts) is not in
+            // its jail.
+            if vm.accel == Accel::Kvm && input.process == JailedProcess::Qemu {
                 add(&mut binds, Path::new("/dev/kvm"), Access::Device, false);
             }
             add(&mut binds, &vm.kernel, Access::Read, false);
@@ -367,6 +370,25 @@ mod tests {
             merged_usr,
         );
         assert_eq!(find(&p, "/dev/kvm").map(|b| b.access), Some(Access::Device));
+    }
+
+    #[test]
+    fn ampoule_vmm_sees_its_guest_files_but_not_dev_kvm_whose_descriptor_it_is_given() {
+        let p = plan(
+            &vm(Accel::Kvm),
+            &input(
+                JailedProcess::AmpouleVmm,
+                Path::new("/usr/local/bin/ampoule-vmm"),
+            ),
+            merged_usr,
+        );
+        assert!(find(&p, "/dev/kvm").is_none());
+        assert_eq!(find(&p, "/k/vmlinux").map(|b| b.access), Some(Access::Read));
+        assert_eq!(
+            find(&p, "/usr/local/bin/ampoule-vmm").map(|b| b.access),
+            None,
+            "under /usr, which is bound read-exec"
+        );
     }
 
     #[test]

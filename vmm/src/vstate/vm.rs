@@ -5,7 +5,7 @@
 //! the backend in `VHOST_USER_SET_MEM_TABLE`.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -19,6 +19,8 @@ use vm_memory::{
 pub enum VmError {
     #[error("cannot open /dev/kvm: {0} (is KVM available and is this user allowed to use it?)")]
     OpenKvm(kvm_ioctls::Error),
+    #[error("descriptor {0} is not /dev/kvm (KVM_GET_API_VERSION failed)")]
+    NotKvm(RawFd),
     #[error("KVM API version {0} is not supported (need 12)")]
     ApiVersion(i32),
     #[error("{what}: {source}")]
@@ -34,12 +36,23 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Opens /dev/kvm and checks its API version.
-pub fn open_kvm() -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+/// Opens /dev/kvm, or adopts the inherited descriptor `fd` of it, and
+/// checks its API version (on a descriptor that is not /dev/kvm the
+/// version ioctl fails).
+pub fn open_kvm(fd: Option<RawFd>) -> Result<Kvm, VmError> {
+    let kvm = match fd {
+        None => Kvm::new().map_err(VmError::OpenKvm)?,
+        // SAFETY: the configuration checked that `fd` is open and that no
+        // other device of the VMM was given it; it was handed to this
+        // process for KVM, so the Kvm becomes its only owner.
+        Some(fd) => unsafe { Kvm::from_raw_fd(fd) },
+    };
     let v = kvm.get_api_version();
     if v != kvm_bindings::KVM_API_VERSION as i32 {
-        return Err(VmError::ApiVersion(v));
+        return Err(match fd {
+            Some(fd) if v < 0 => VmError::NotKvm(fd),
+            _ => VmError::ApiVersion(v),
+        });
     }
     Ok(kvm)
 }
