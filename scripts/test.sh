@@ -37,6 +37,11 @@ log "cargo test: ampoule-vmm seccomp kill (feature test-syscall)"
 cargo test --release -p ampoule-vmm --features test-syscall --test seccomp_kill \
   --target-dir target/test-syscall -- --show-output 2>&1 | tee -a "$out"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+# Every fuzz target (ampoule-vmm's and the agent's) for a short time: a
+# crash fails the run (scripts/fuzz.sh SECONDS runs them for longer).
+log "fuzz targets, ${AMPOULE_CI_FUZZ_SECONDS:-15} s each"
+scripts/fuzz.sh "${AMPOULE_CI_FUZZ_SECONDS:-15}" 2>&1 | grep -E '^== |^Done|ERROR|panicked|SUMMARY|crash-' | tee -a "$out"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 
 echo

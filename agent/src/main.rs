@@ -7,22 +7,8 @@
 //! up a container process (namespaces, mounts, user, capabilities) before it
 //! execs the OCI process.
 
-mod container;
-mod init;
-mod logging;
-mod network;
-mod peer;
-mod ready;
-mod reaper;
-mod server;
-mod stdio;
-mod syscall;
-mod sysinfo;
-
+use ampoule_agent::{container, init, logging, server, sysinfo, HELPER_ARG};
 use anyhow::Context;
-
-/// argv[1] that turns this binary into the container process helper.
-pub const HELPER_ARG: &str = "__container-init";
 
 fn main() {
     let mut args = std::env::args_os();

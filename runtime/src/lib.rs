@@ -9,6 +9,8 @@
 //! - [`sandbox`]: [`Sandbox::start`] / [`Sandbox::stop`].
 //! - [`check`]: the report behind `ampoule check`.
 //! - [`jail`]: the confinement of the VM's host processes.
+//! - [`oci_hooks`]: the OCI hooks the host runs (prestart, createRuntime,
+//!   poststart, poststop).
 //! - [`text`]: error chains and guest strings as a person reads them.
 
 pub mod agent_client;
@@ -19,6 +21,7 @@ pub mod host;
 pub mod host_cgroup;
 pub mod hypervisor;
 pub mod jail;
+pub mod oci_hooks;
 pub mod pod;
 pub mod process;
 pub mod sandbox;

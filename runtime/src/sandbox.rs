@@ -107,6 +107,9 @@ pub struct SandboxSpec {
     pub boot_timeout: Option<Duration>,
     /// Give the sandbox a shared directory over virtio-fs (one virtiofsd).
     pub shared_fs: bool,
+    /// The pod's `linux.cgroupsPath`: a jailed sandbox's memory cgroup is
+    /// made inside the pod's memory cgroup (see [`crate::pod::cgroups`]).
+    pub cgroups_path: Option<String>,
     /// The pod's network namespace on the host: its interfaces become the
     /// guest's NICs (tc redirect), configured in the pod's guest network
     /// namespace.
@@ -360,7 +363,16 @@ impl Sandbox {
             serial_log: dir.join("serial.log"),
             dir: dir.clone(),
             accel: choice.accel,
-            jail: crate::jail::JailSettings::from_config(config),
+            jail: crate::jail::JailSettings::from_config(config).map(|mut j| {
+                if let Some(parent) = spec
+                    .cgroups_path
+                    .as_deref()
+                    .and_then(crate::pod::cgroups::jail_parent)
+                {
+                    j.cgroup_parent = parent;
+                }
+                j
+            }),
             shared_fs: shared.as_ref().map(|(d, bin)| hypervisor::SharedFs {
                 dir: d.root().to_path_buf(),
                 virtiofsd: bin.clone(),

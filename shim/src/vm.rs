@@ -93,6 +93,7 @@ impl Pod {
         layer_images: &[PathBuf],
         shared_fs: bool,
         network: Option<PathBuf>,
+        cgroups_path: Option<String>,
     ) -> Result<(Pod, Vec<String>), VmError> {
         if shared_fs {
             // Container files come through the shared directory: no images,
@@ -103,6 +104,7 @@ impl Pod {
                 memory_mib: sizes.1,
                 shared_fs: true,
                 network,
+                cgroups_path,
                 ..Default::default()
             };
             let sandbox = Sandbox::start(config, spec).await?;
@@ -159,6 +161,7 @@ impl Pod {
             memory_mib: sizes.1,
             drives,
             network,
+            cgroups_path,
             ..Default::default()
         };
         let sandbox = match Sandbox::start(config, spec).await {
@@ -210,8 +213,15 @@ impl Pod {
     pub fn place_in_cgroup(
         &self,
         cgroups_path: &str,
+        resources: Option<&oci_spec::runtime::LinuxResources>,
+        overhead_mib: u32,
     ) -> Result<Vec<PathBuf>, ampoule_runtime::host_cgroup::CgroupError> {
-        ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path)
+        let limits = ampoule_runtime::pod::cgroups::limits(
+            resources,
+            self.sandbox.memory_mib(),
+            overhead_mib,
+        );
+        ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path, &limits)
     }
 
     pub fn serial_log(&self) -> &Path {

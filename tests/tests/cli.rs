@@ -1140,6 +1140,134 @@ fn create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_
     assert_clean(&env);
 }
 
+/// The directory of the relative cgroupsPath `rel` in the v1 hierarchy
+/// (or the unified one) `hier`: under the cgroup this process is in there,
+/// as for the `ampoule` it starts.
+fn own_relative_dir(hier: &str, rel: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let unified = root.join("cgroup.controllers").exists();
+    let base = own
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            let hit = if unified {
+                ctl.is_empty()
+            } else {
+                ctl.split(',').any(|c| c == hier)
+            };
+            hit.then(|| path.trim_start_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    let top = if unified {
+        root.to_path_buf()
+    } else {
+        root.join(hier)
+    };
+    top.join(base).join(rel)
+}
+
+#[test]
+fn linux_resources_limit_the_relative_cgroups_path_on_the_host_and_the_cpuset_maps_onto_the_vcpus()
+{
+    let name = "linux_resources_limit_the_relative_cgroups_path_on_the_host_and_the_cpuset_maps_onto_the_vcpus";
+    if !vm_test(name) {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    let top = format!("ampoule-test-res-{}", std::process::id());
+    let rel = format!("{top}/c2");
+    let host_cpus = std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.cpus")
+        .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/cpuset.cpus.effective"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "0".into());
+    let b = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status > /cpus; sleep 1000",
+        ],
+        |v| {
+            v["root"]["readonly"] = false.into();
+            // Relative: from the runtime's own cgroup, as runc takes it.
+            v["linux"]["cgroupsPath"] = rel.clone().into();
+            v["linux"]["resources"] = serde_json::json!({
+                "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": host_cpus},
+                "memory": {"limit": 67108864}
+            });
+            // One vCPU, whatever the cpuset names.
+            v["annotations"] = serde_json::json!({"io.ampoule.vcpus": "1"});
+        },
+    );
+    let out = create(&env, &b, "res", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.cmd().args(["start", "res"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let read = |hier: &str, file: &str| {
+        let p = own_relative_dir(hier, &rel).join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    };
+    if unified {
+        assert_eq!(read("", "cpu.max"), "50000 100000");
+        assert_eq!(read("", "cpu.weight"), "20");
+    } else {
+        assert_eq!(read("cpu", "cpu.shares"), "512");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpuset", "cpuset.cpus"), host_cpus);
+    }
+    // The memory limit is the sandbox's budget, which holds the jail's
+    // memory cgroup (and so the VM's processes) inside it.
+    let (mem_hier, limit_file) = if unified {
+        ("", "memory.max")
+    } else {
+        ("memory", "memory.limit_in_bytes")
+    };
+    let pod_limit: u64 = read(mem_hier, limit_file).parse().expect("a number");
+    assert!(pod_limit > 64 << 20, "guest and VMM fit: {pod_limit}");
+    let mem_dir = own_relative_dir(mem_hier, &rel);
+    let jail: Vec<_> = std::fs::read_dir(&mem_dir)
+        .expect("memory cgroup")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        jail.len(),
+        1,
+        "the jail's memory cgroup is inside: {jail:?}"
+    );
+    let procs = std::fs::read_to_string(jail[0].join("cgroup.procs")).expect("procs");
+    assert!(!procs.trim().is_empty(), "the VM's processes are in it");
+    // In the guest, the cpuset is the one vCPU.
+    let cpus = b.join("rootfs/cpus");
+    let written = || std::fs::read_to_string(&cpus).is_ok_and(|t| t.ends_with('\n'));
+    assert!(wait_until(60, written), "the container ran");
+    let text = std::fs::read_to_string(&cpus).expect("cpus");
+    assert_eq!(text.split_whitespace().nth(1), Some("0"), "{text:?}");
+
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "res"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    let dirs = ["cpu", "cpuset", "memory", ""].map(|h| own_relative_dir(h, &top));
+    let gone = wait_until(10, || dirs.iter().all(|d| !d.join("c2").exists()));
+    assert!(gone, "cgroups left under {dirs:?}");
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert_clean(&env);
+}
+
 /// A "pod" namespace holding `eth0` (10.77.3.2/24, default route via
 /// .1), the veth peer of `veth-out` (10.77.3.1/24) in an "outside"
 /// namespace: what a CNI bridge or podman's netavark leave, in namespaces

@@ -129,5 +129,9 @@ pub const MOUNT_OPTIONS: [&str; 33] = [
     "runbindable",
 ];
 
-/// OCI hooks the agent runs: none (`hooks` in a spec is not executed).
-pub const HOOKS: [&str; 0] = [];
+/// OCI hooks the agent runs in the guest, in the container's namespaces
+/// (`agent/src/container/hooks.rs` names its hook kinds from this list):
+/// their path must exist in the container's root filesystem. The other
+/// four (`prestart`, `createRuntime`, `poststart`, `poststop`) run on the
+/// host, in the `ampoule` CLI (`runtime/src/oci_hooks.rs`).
+pub const GUEST_HOOKS: [&str; 2] = ["createContainer", "startContainer"];

@@ -68,6 +68,30 @@ pub const MAX_ID: usize = 128;
 
 /// Whether `id` is a valid container or exec id: 1-128 of `[A-Za-z0-9_.-]`,
 /// not `.` or `..`. The one rule the agent, the runtime and the shim apply.
+/// Most CPUs a list may name (the kernel's NR_CPUS bound).
+const MAX_LISTED_CPUS: u64 = 8192;
+
+/// How many CPUs (or memory nodes) a kernel list such as `0-3,8` names, as
+/// in `linux.resources.cpu.cpus`; `None` when it is not such a list. The
+/// host sizes a sandbox's vCPUs by it, the agent maps it onto them.
+pub fn cpu_list_count(list: &str) -> Option<u64> {
+    let mut n: u64 = 0;
+    for part in list.trim().split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?),
+            None => {
+                let v = part.trim().parse::<u64>().ok()?;
+                (v, v)
+            }
+        };
+        if lo > hi || hi >= MAX_LISTED_CPUS {
+            return None;
+        }
+        n = n.checked_add(hi - lo + 1)?;
+    }
+    (n > 0 && n <= MAX_LISTED_CPUS).then_some(n)
+}
+
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID

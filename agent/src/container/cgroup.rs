@@ -29,6 +29,8 @@ pub enum CgroupError {
     Json(String),
     #[error("linux.cgroupsPath {path:?}: {reason}")]
     BadPath { path: String, reason: &'static str },
+    #[error("linux.resources.cpu.{field} {value:?} is not a CPU or node list")]
+    BadCpuList { field: &'static str, value: String },
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -204,8 +206,41 @@ fn limit_or_max(v: i64) -> String {
     }
 }
 
-/// The cgroup files to write, in order, for `res`.
+/// The cgroup files to write, in order, for `res`, in this guest.
 pub fn resource_writes(res: &LinuxResources) -> Result<Vec<(String, String)>, CgroupError> {
+    resource_writes_for(res, online_cpus())
+}
+
+/// vCPUs of this guest.
+fn online_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+pub use ampoule_agent_api::cpu_list_count as list_count;
+
+/// The guest's cpuset for a container granted the host CPUs `list`: as
+/// many of the guest's `guest_cpus` vCPUs, from vCPU 0 (the host's CPU
+/// numbers mean nothing in the guest; the host cgroup pins the vCPUs).
+pub fn guest_cpuset(list: &str, guest_cpus: u32) -> Result<String, CgroupError> {
+    let n = list_count(list).ok_or_else(|| CgroupError::BadCpuList {
+        field: "cpus",
+        value: list.to_string(),
+    })?;
+    let k = n.min(u64::from(guest_cpus.max(1)));
+    Ok(if k == 1 {
+        "0".into()
+    } else {
+        format!("0-{}", k - 1)
+    })
+}
+
+/// [`resource_writes`] for a guest with `guest_cpus` vCPUs.
+pub fn resource_writes_for(
+    res: &LinuxResources,
+    guest_cpus: u32,
+) -> Result<Vec<(String, String)>, CgroupError> {
     let mut w: Vec<(String, String)> = Vec::new();
     if let Some(mem) = res.memory() {
         if let Some(limit) = mem.limit() {
@@ -244,12 +279,17 @@ pub fn resource_writes(res: &LinuxResources) -> Result<Vec<(String, String)>, Cg
         }
         if let Some(cpus) = cpu.cpus() {
             if !cpus.is_empty() {
-                w.push(("cpuset.cpus".into(), cpus.clone()));
+                w.push(("cpuset.cpus".into(), guest_cpuset(cpus, guest_cpus)?));
             }
         }
         if let Some(mems) = cpu.mems() {
             if !mems.is_empty() {
-                w.push(("cpuset.mems".into(), mems.clone()));
+                // The guest has one memory node, whatever the host's are.
+                list_count(mems).ok_or_else(|| CgroupError::BadCpuList {
+                    field: "mems",
+                    value: mems.clone(),
+                })?;
+                w.push(("cpuset.mems".into(), "0".into()));
             }
         }
     }
@@ -386,6 +426,26 @@ mod tests {
                 ("pids.max".into(), "32".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_cpuset_naming_more_host_cpus_than_the_guest_has_maps_onto_its_vcpus() {
+        let r = res(r#"{"cpu":{"cpus":"2-5,9","mems":"1"}}"#);
+        let w = resource_writes_for(&r, 2).expect("writes");
+        assert_eq!(
+            w,
+            vec![
+                ("cpuset.cpus".to_string(), "0-1".to_string()),
+                ("cpuset.mems".into(), "0".into())
+            ]
+        );
+        assert_eq!(guest_cpuset("7", 4).unwrap(), "0");
+        assert_eq!(guest_cpuset("0-2", 4).unwrap(), "0-2");
+        for bad in ["", "a", "3-1", "0-99999", "1,,2", "-1"] {
+            assert!(guest_cpuset(bad, 2).is_err(), "{bad:?}");
+        }
+        assert!(resource_writes_for(&res(r#"{"cpu":{"mems":"x"}}"#), 1).is_err());
+        assert_eq!(list_count("0-3,8"), Some(5));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! It joins the cgroup, enters (setns) or creates (unshare) the namespaces,
 //! then forks the process with CLONE_PARENT (so the agent is its parent and
 //! a new pid namespace has it as pid 1), reports the pid and exits. The
-//! process sets up mounts, pivot_root, the terminal, rlimits, user and
-//! capabilities, reports Ready, waits for Start and execs.
+//! process sets up mounts, runs the createContainer hooks, pivot_root, the
+//! terminal, rlimits, user and capabilities, reports Ready, waits for
+//! Start, runs the startContainer hooks and execs (hooks: `hooks.rs`).
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -20,6 +21,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
 use super::caps;
+use super::hooks::{GuestHook, GuestHooks};
 use super::mounts::{default_devices, DeviceNode, MountStep, DEV_SYMLINKS};
 use super::process::{
     path_of, recv, send, CreateSetup, HelperConfig, Msg, NsPlan, ProcessPlan, Setup, SYNC_FD,
@@ -115,7 +117,11 @@ fn run(sock: RawFd) -> R<Infallible> {
         setup_container(c, &cfg.process.cwd)?;
     }
     let (exe, env) = setup_process(&cfg.process, init, sock, filter.as_ref())?;
-    exec(sock, &cfg.process, exe, &env, filter.as_ref())
+    let start_hooks = match &cfg.setup {
+        Setup::Create(c) => Some(&c.hooks),
+        Setup::Exec { .. } => None,
+    };
+    exec(sock, &cfg.process, exe, &env, filter.as_ref(), start_hooks)
 }
 
 /// The container's seccomp filter. As runc: without no_new_privs installing
@@ -248,7 +254,15 @@ fn join_namespaces(init_pid: i32) -> R<Option<CgroupNs>> {
 }
 
 fn setup_container(setup: &CreateSetup, cwd: &Path) -> R<()> {
-    setup_filesystem(&Linux, setup, cwd)?;
+    // createContainer hooks: in the container's namespaces, chrooted into
+    // its root (their path is the container's, see hooks.rs).
+    let mut create_hooks = || {
+        setup
+            .hooks
+            .run(GuestHook::CreateContainer, Some(&setup.rootfs))
+            .map_err(|e| e.to_string())
+    };
+    setup_filesystem(&Linux, setup, cwd, &mut create_hooks)?;
     if let Some(h) = &setup.hostname {
         ctx(nix::unistd::sethostname(h), || format!("sethostname {h:?}"))?;
     }
@@ -266,13 +280,20 @@ fn setup_container(setup: &CreateSetup, cwd: &Path) -> R<()> {
 }
 
 /// The container's filesystem, in its new mount namespace: mounts (their
-/// targets created as needed), /dev, pivot_root, sysctls, masked and
-/// read-only paths, the init's cwd, and last the read-only root. As with
+/// targets created as needed), /dev, `before_pivot` (the createContainer
+/// hooks: the runtime spec runs them after the mounts, before pivot_root),
+/// pivot_root, sysctls, masked and read-only paths, the init's cwd, and
+/// last the read-only root. As with
 /// runc, everything that creates a file or directory in the rootfs (mount
 /// targets and their parents, device nodes, /dev symlinks, the cwd) runs
 /// before `/` is remounted read-only: with `root.readonly` those land in
 /// the overlay's tmpfs upper dir, which is writable until then.
-pub(crate) fn setup_filesystem(sys: &dyn Syscall, setup: &CreateSetup, cwd: &Path) -> R<()> {
+pub(crate) fn setup_filesystem(
+    sys: &dyn Syscall,
+    setup: &CreateSetup,
+    cwd: &Path,
+    before_pivot: &mut dyn FnMut() -> R<()>,
+) -> R<()> {
     let CreateSetup {
         rootfs,
         mounts,
@@ -312,6 +333,7 @@ pub(crate) fn setup_filesystem(sys: &dyn Syscall, setup: &CreateSetup, cwd: &Pat
     for d in devices {
         make_device(sys, rootfs, d)?;
     }
+    before_pivot()?;
     ctx(sys.pivot_root(rootfs), || {
         format!("pivot_root to {}", rootfs.display())
     })?;
@@ -625,18 +647,29 @@ fn setup_process(
     Ok((exe, env))
 }
 
+/// Waits for Start, runs the startContainer hooks of a new container
+/// (`start_hooks`; an exec has none) and execs the process.
 fn exec(
     sock: RawFd,
     p: &ProcessPlan,
     exe: PathBuf,
     env: &[String],
     filter: Option<&Seccomp>,
+    start_hooks: Option<&GuestHooks>,
 ) -> R<Infallible> {
     match recv(sock) {
         Ok(Some((Msg::Start, _))) => {}
         Ok(None) => std::process::exit(1),
         Ok(Some((other, _))) => return Err(format!("expected Start, got {other:?}")),
         Err(e) => return Err(e.to_string()),
+    }
+    // startContainer hooks: after Start, before the user's program, in the
+    // container (after pivot_root) as the process is now (user,
+    // capabilities, limits), before a no_new_privs seccomp filter. A
+    // failure is the start's error (sent as the exec's would be).
+    if let Some(h) = start_hooks {
+        h.run(GuestHook::StartContainer, None)
+            .map_err(|e| e.to_string())?;
     }
     let cstr = |s: &[u8]| CString::new(s).map_err(|_| "NUL byte in args or env".to_string());
     let path = cstr(exe.as_os_str().as_bytes())?;
@@ -730,6 +763,7 @@ mod tests {
             readonly_paths: vec!["/proc/sys".into()],
             readonly_root: true,
             sysctl: Vec::new(),
+            hooks: Default::default(),
         }
     }
 
@@ -752,7 +786,7 @@ mod tests {
         rec.set_dir("/proc/sys");
         rec.set_file("/proc/kcore", "");
         let setup = ro_root_setup(r, b);
-        setup_filesystem(&rec, &setup, Path::new("/work")).expect("setup");
+        setup_filesystem(&rec, &setup, Path::new("/work"), &mut || Ok(())).expect("setup");
         let calls = rec.calls();
         let at = |c: &Call| calls.iter().position(|x| x == c);
         let remount = calls
@@ -815,7 +849,7 @@ mod tests {
         rec.set_dir("/");
         let mut setup = ro_root_setup(r, b);
         setup.readonly_root = false;
-        setup_filesystem(&rec, &setup, Path::new("/")).expect("setup");
+        setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(())).expect("setup");
         let calls = rec.calls();
         assert!(!calls.iter().any(is_ro_root_remount), "{calls:#?}");
         assert!(!calls.contains(&Call::MkdirAll(PathBuf::from("/"))));
@@ -825,11 +859,69 @@ mod tests {
     fn a_missing_bind_source_fails_before_anything_is_created_for_it() {
         let rec = Recording::default();
         let setup = ro_root_setup(Path::new("/r"), Path::new("/b"));
-        let e = setup_filesystem(&rec, &setup, Path::new("/")).expect_err("no sources");
+        let e =
+            setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(())).expect_err("no sources");
         assert!(e.contains("bind mount source /b/h/resolv.conf"), "{e}");
         let calls = rec.calls();
         assert!(!calls.iter().any(is_ro_root_remount));
         assert!(!calls.contains(&Call::CreateFile(PathBuf::from("/r/etc/resolv.conf"))));
+    }
+
+    #[test]
+    fn create_container_hooks_run_after_every_mount_and_device_and_before_pivot_root() {
+        let r = Path::new("/r");
+        let b = Path::new("/b");
+        let rec = Recording::default();
+        for f in ["h/resolv.conf", "h/hostname"] {
+            rec.set_file(&b.join(f).display().to_string(), "");
+        }
+        rec.set_dir("/b/h/sa");
+        rec.set_dir("/b/h/shm");
+        let setup = ro_root_setup(r, b);
+        let mut seen = None;
+        setup_filesystem(&rec, &setup, Path::new("/"), &mut || {
+            seen = Some(rec.calls());
+            Ok(())
+        })
+        .expect("setup");
+        let before = seen.expect("the hooks ran");
+        let calls = rec.calls();
+        let pivot = calls
+            .iter()
+            .position(|c| c == &Call::PivotRoot(r.to_path_buf()))
+            .expect("pivot_root");
+        // Everything up to pivot_root had happened when the hooks ran:
+        // every mount (the spec's /proc, /dev and binds), /dev's nodes and
+        // links; nothing after it.
+        assert_eq!(before, calls[..pivot], "{calls:#?}");
+        assert!(before
+            .iter()
+            .any(|c| matches!(c, Call::Mount { target, .. } if target == &r.join("proc"))));
+        assert!(before.contains(&Call::MakeDevice(r.join("dev/null"))));
+        assert!(before.contains(&Call::Symlink(r.join("dev/ptmx"))));
+    }
+
+    #[test]
+    fn a_failing_create_container_hook_fails_the_setup_before_pivot_root() {
+        let rec = Recording::default();
+        let b = Path::new("/b");
+        for f in ["h/resolv.conf", "h/hostname"] {
+            rec.set_file(&b.join(f).display().to_string(), "");
+        }
+        rec.set_dir("/b/h/sa");
+        rec.set_dir("/b/h/shm");
+        let setup = ro_root_setup(Path::new("/r"), b);
+        let e = setup_filesystem(&rec, &setup, Path::new("/"), &mut || {
+            Err("createContainer hook \"/h\" failed (exit status 1)".into())
+        })
+        .expect_err("the hook fails the setup");
+        assert!(e.contains("createContainer hook"), "{e}");
+        let calls = rec.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::PivotRoot(_))),
+            "{calls:#?}"
+        );
+        assert!(!calls.iter().any(is_ro_root_remount));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 pub mod caps;
 pub mod cgroup;
 pub mod helper;
+pub mod hooks;
+pub mod intake;
 pub mod mounts;
 pub mod process;
 pub mod rootfs;
@@ -106,7 +108,7 @@ impl From<support::Unsupported> for ContainerError {
 }
 
 /// Logs the fields of a spec that are present but deliberately not applied.
-fn log_ignored(container: &str, ignored: &[support::Ignored]) {
+pub(crate) fn log_ignored(container: &str, ignored: &[support::Ignored]) {
     for i in ignored {
         tracing::warn!(
             container,
@@ -361,7 +363,7 @@ pub fn check_sysctl(key: &str, namespaces: &[NsPlan]) -> Result<(), ContainerErr
     }
 }
 
-fn container_paths(list: &Option<Vec<String>>) -> Result<Vec<PathBuf>, ContainerError> {
+pub(crate) fn container_paths(list: &Option<Vec<String>>) -> Result<Vec<PathBuf>, ContainerError> {
     let mut out = Vec::new();
     for p in list.iter().flatten() {
         let rel = mounts::clean_relative(Path::new(p)).ok_or_else(|| {
@@ -469,57 +471,21 @@ impl Manager {
         req: &api::CreateContainerRequest,
     ) -> Result<Arc<Container>, ContainerError> {
         let id = req.container_id.clone();
-        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&req.oci_spec)
-            .map_err(|e| ContainerError::InvalidArgument(format!("config.json: {e}")))?;
-        let oci_process = spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| ContainerError::InvalidArgument("config.json has no process".into()))?;
-        let pplan = process::plan(oci_process)?;
-        log_ignored(&id, &support::check_process(oci_process)?);
-        let linux = spec.linux().clone().unwrap_or_default();
-        log_ignored(&id, &support::check_linux(&linux)?);
-        let namespaces = namespace_plan(linux.namespaces().as_deref().unwrap_or(&[]))?;
-        let devices = mounts::spec_devices(linux.devices().as_deref().unwrap_or(&[]))?;
-        let masked_paths = container_paths(linux.masked_paths())?;
-        let readonly_paths = container_paths(linux.readonly_paths())?;
-        let readonly_root = spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
-        let (hostname, domainname) = uts_names(
-            spec.hostname().as_deref(),
-            spec.domainname().as_deref(),
-            &namespaces,
-        )?;
-        let resources = linux.resources().clone();
-        let writes = match &resources {
-            Some(r) => cgroup::resource_writes(r)?,
-            None => Vec::new(),
-        };
-        let seccomp = match linux.seccomp() {
-            Some(s) => {
-                let plan = seccomp::plan(s)?;
-                // Compiled here too, so that a bad profile fails CreateContainer
-                // with the reason rather than in the helper.
-                seccomp::compile(&plan)?;
-                if !plan.skipped.is_empty() {
-                    tracing::debug!(container = %id, skipped = ?plan.skipped, "seccomp: syscall names unknown on x86_64 skipped");
-                }
-                Some(plan)
-            }
-            None => None,
-        };
-        let sysctl: Vec<(String, String)> = linux
-            .sysctl()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for (key, _) in &sysctl {
-            check_sysctl(key, &namespaces)?;
-        }
+        let intake::ContainerSpec {
+            spec,
+            linux,
+            process: pplan,
+            namespaces,
+            devices,
+            masked_paths,
+            readonly_paths,
+            readonly_root,
+            hostname,
+            domainname,
+            resource_writes: writes,
+            seccomp,
+            sysctl,
+        } = intake::container_spec(&id, &req.oci_spec)?;
 
         let shared_root = Path::new(api::SHARED_FS_GUEST_DIR);
         let (rplan, steps) = if !req.shared_rootfs.is_empty() {
@@ -538,14 +504,8 @@ impl Manager {
             .await
             .map_err(|e| ContainerError::Internal(e.to_string()))??;
             let rplan = rootfs::plan_shared(&id, shared_root, &req.shared_rootfs)?;
-            let steps = mounts::plan(
-                spec.mounts().as_deref().unwrap_or(&[]),
-                &rplan.rootfs,
-                mounts::BindSources::Shared {
-                    root: shared_root,
-                    map: &req.shared_binds,
-                },
-            )?;
+            let steps =
+                intake::shared_mounts(&spec, &rplan.rootfs, shared_root, &req.shared_binds)?;
             (rplan, steps)
         } else {
             // Drives: found by serial; may wait briefly, so off the async threads.
@@ -589,6 +549,21 @@ impl Manager {
             (rplan, steps)
         };
         let populate_dev = mounts::mounts_dev(&steps, &rplan.rootfs);
+        // The guest's hooks, checked now; the host runs the other kinds.
+        let guest_hooks = hooks::GuestHooks::plan(
+            spec.hooks().as_ref(),
+            hooks::StateBase {
+                id: id.clone(),
+                bundle: rplan.base.clone(),
+                annotations: spec
+                    .annotations()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
+        )
+        .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;
         let cg = cgroup::container_dir_for(&id, linux.cgroups_path().as_deref())?;
         self.check_cgroup_free(&cg)?;
         let cfg = HelperConfig {
@@ -604,6 +579,7 @@ impl Manager {
                 readonly_paths,
                 readonly_root,
                 sysctl,
+                hooks: guest_hooks,
             })),
             cgroup: Some(cg.clone()),
             process: pplan.clone(),
@@ -784,9 +760,7 @@ impl Manager {
         if lock(&c.execs).contains_key(&req.exec_id) {
             return Err(ContainerError::Exists(format!("exec {:?}", req.exec_id)));
         }
-        let oci = process::parse(&req.process)?;
-        let pplan = process::plan(&oci)?;
-        log_ignored(&req.container_id, &support::check_process(&oci)?);
+        let pplan = intake::process_spec(&req.container_id, &req.process)?;
         let cfg = HelperConfig {
             setup: Setup::Exec {
                 init_pid: c.init.pid,

@@ -199,6 +199,10 @@ pub struct CreateSetup {
     pub readonly_paths: Vec<PathBuf>,
     pub readonly_root: bool,
     pub sysctl: Vec<(String, String)>,
+    /// The spec's createContainer and startContainer hooks (`hooks.rs`),
+    /// run by the container process.
+    #[serde(default)]
+    pub hooks: super::hooks::GuestHooks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

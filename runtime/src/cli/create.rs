@@ -151,6 +151,11 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
     }
     check_before_boot(&a, &bundle)?;
     let store = register(ctx, &a.id, &bundle)?;
+    let spec_hooks = bundle.spec.hooks().as_ref();
+    if let Err(e) = super::hooks::save(&store, &a.id, spec_hooks) {
+        let _ = store.remove(&a.id);
+        return Err(e);
+    }
     let pid = match spawn_monitor(ctx, &a.id, &bundle.dir, a.console_socket.as_deref()).await {
         Ok(pid) => pid,
         Err(e) => {
@@ -158,6 +163,23 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
             return Err(e);
         }
     };
+    // prestart and createRuntime: the container exists in the guest. A
+    // failing one undoes the create, as `delete --force` (which runs the
+    // poststop hooks, as the runtime spec's lifecycle says).
+    if let Err(e) = super::hooks::at_create(&store, &a.id, spec_hooks).await {
+        let undo = super::oci::delete(
+            ctx,
+            super::oci::DeleteArgs {
+                force: true,
+                id: a.id.clone(),
+            },
+        )
+        .await;
+        if let Err(u) = undo {
+            tracing::warn!(container = %a.id, error = %super::describe(&u), "cannot undo the create");
+        }
+        return Err(e.context(format!("create container {:?}", a.id)));
+    }
     if let Some(p) = &a.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -182,6 +204,17 @@ async fn spawn_monitor(
     args.push(id.into());
     // With a console the container's stdio is the pty, not our fds.
     stdio::spawn_detached(args, console.is_some()).await
+}
+
+/// Host cgroup directories a create made, removed (deepest first) if the
+/// create fails, once the sandbox that was in them is gone.
+#[derive(Default)]
+struct CreatedCgroups(Vec<PathBuf>);
+
+impl Drop for CreatedCgroups {
+    fn drop(&mut self) {
+        ampoule_runtime::host_cgroup::remove(&self.0);
+    }
 }
 
 /// A container created in its sandbox, with its stdio relayed.
@@ -239,18 +272,22 @@ async fn prepare(
             Some(container::image_files(binds_image.is_some()))
         }
     };
-    // A cgroupsPath the host cannot take is refused before anything boots.
-    if let Some(path) = bundle
+    // A cgroupsPath the host cannot take is refused before anything boots;
+    // the levels the sandbox will create there are removed at delete.
+    let cgroups_path = bundle
         .spec
         .linux()
         .as_ref()
         .and_then(|l| l.cgroups_path().as_ref())
-    {
-        ampoule_runtime::host_cgroup::directories(
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut host_cgroups = CreatedCgroups::default();
+    if let Some(path) = &cgroups_path {
+        host_cgroups.0 = ampoule_runtime::host_cgroup::missing_levels(
             Path::new(ampoule_runtime::pod::cgroups::CGROUP_ROOT),
-            &path.to_string_lossy(),
+            path,
         )
         .context("linux.cgroupsPath")?;
+        spec.cgroups_path = Some(path.clone());
     }
     // The network namespace file on the host (podman's, with netavark): its
     // interfaces become the guest's NICs, configured in the pod's guest
@@ -335,17 +372,26 @@ async fn prepare(
             stdio::relay_own_stdio(streams)
         }
     };
-    // The sandbox's host processes go into linux.cgroupsPath, as the shim
-    // does for a pod.
-    let mut host_cgroups = Vec::new();
-    if let Some(path) = bundle
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().as_ref())
-    {
-        match ampoule_runtime::pod::cgroups::place(&sandbox, &path.to_string_lossy()) {
-            Ok(created) => host_cgroups = created,
+    // The sandbox's host processes go into linux.cgroupsPath, with the
+    // host's share of linux.resources, as the shim does for a pod.
+    if let Some(path) = &cgroups_path {
+        let limits = ampoule_runtime::pod::cgroups::limits(
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref()),
+            sandbox.memory_mib(),
+            ctx.config.jail_memory_overhead_mib,
+        );
+        match ampoule_runtime::pod::cgroups::place(&sandbox, path, &limits) {
+            Ok(created) => {
+                for d in created {
+                    if !host_cgroups.0.contains(&d) {
+                        host_cgroups.0.push(d);
+                    }
+                }
+            }
             Err(e) => {
                 sandbox.stop().await;
                 return Err(anyhow::Error::new(e).context("linux.cgroupsPath"));
@@ -353,7 +399,7 @@ async fn prepare(
         }
     }
     let mut record = SandboxRecord::of(&sandbox);
-    record.host_cgroups = host_cgroups.clone();
+    record.host_cgroups = host_cgroups.0.clone();
     record.files = binds_image.iter().cloned().collect();
     let me = std::process::id();
     let saved = store.update(id, |s| {
@@ -366,9 +412,10 @@ async fn prepare(
     });
     if let Err(e) = saved {
         sandbox.stop().await;
-        ampoule_runtime::host_cgroup::remove(&host_cgroups);
         return Err(e.into());
     }
+    // Recorded: removed at delete from now on.
+    host_cgroups.0.clear();
     Ok(Prepared {
         sandbox,
         relay,
@@ -510,6 +557,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     let bundle = load_bundle(&c.bundle)?;
     check_before_boot(&c, &bundle)?;
     let store = register(ctx, &c.id, &bundle)?;
+    let spec_hooks = bundle.spec.hooks().clone().unwrap_or_default();
     let p = match prepare(ctx, &c.id, &bundle, c.console_socket.as_deref(), true).await {
         Ok(p) => p,
         Err(e) => {
@@ -517,8 +565,38 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
             return Err(e);
         }
     };
+    // The state the poststop hooks get once the container is gone.
+    let last_state = store.load(&c.id).ok();
+    let outcome = run_created(ctx, &c, &store, p, &spec_hooks).await;
+    let _ = store.remove(&c.id);
+    if let Some(s) = &last_state {
+        // The sandbox has stopped; what it leaves outside its directory
+        // (the host cgroups) goes as at `delete`.
+        s.sandbox.clean_up().await;
+        super::hooks::after_delete(s, &spec_hooks).await;
+    }
+    outcome
+}
+
+/// `run` in the foreground once the container is created: its create
+/// hooks, start, poststart hooks, and its life. The sandbox is gone when
+/// this returns; the caller removes the state and runs the poststop hooks.
+async fn run_created(
+    ctx: &Ctx,
+    c: &CreateArgs,
+    store: &Store,
+    p: Prepared,
+    hooks: &oci_spec::runtime::Hooks,
+) -> anyhow::Result<i32> {
+    if let Err(e) = super::hooks::at_create(store, &c.id, Some(hooks)).await {
+        p.sandbox.stop().await;
+        return Err(e.context(format!("create container {:?}", c.id)));
+    }
     if let Some(f) = &c.pid_file {
-        write_pid_file(f, std::process::id())?;
+        if let Err(e) = write_pid_file(f, std::process::id()) {
+            p.sandbox.stop().await;
+            return Err(e);
+        }
     }
     let started = p
         .sandbox
@@ -528,7 +606,6 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         .map_err(anyhow::Error::new);
     if let Err(e) = started {
         p.sandbox.stop().await;
-        let _ = store.remove(&c.id);
         return Err(e.context(format!("start container {:?}", c.id)));
     }
     let _ = store.update(&c.id, |s| {
@@ -536,9 +613,8 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
             s.status = Status::Running;
         }
     });
-    let code = supervise(ctx, &c.id, p, true).await;
-    let _ = store.remove(&c.id);
-    Ok(code)
+    super::hooks::after_start(store, &c.id, hooks).await;
+    Ok(supervise(ctx, &c.id, p, true).await)
 }
 
 /// Error for an operation on a container in the wrong state.

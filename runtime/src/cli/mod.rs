@@ -5,6 +5,7 @@ mod check;
 mod create;
 mod exec;
 mod extra_fds;
+mod hooks;
 mod logging;
 mod oci;
 mod stdio;
@@ -41,6 +42,8 @@ pub const EXIT_TOO_LARGE: i32 = 10;
 /// A namespace path in the spec (another host process's namespace, a host
 /// network namespace): nothing of the host can be joined from a microVM.
 pub const EXIT_NAMESPACE: i32 = 11;
+/// A prestart or createRuntime hook failed (the create was undone).
+pub const EXIT_HOOK: i32 = 12;
 
 /// An operation refused because of the container's state.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,9 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         }
         if let Some(c) = cause.downcast_ref::<create::ChildFailed>() {
             return c.code;
+        }
+        if cause.downcast_ref::<hooks::HookFailed>().is_some() {
+            return EXIT_HOOK;
         }
         if cause.downcast_ref::<WrongState>().is_some() {
             return EXIT_STATE;
@@ -333,6 +339,14 @@ mod tests {
         }
         .into();
         assert_eq!(exit_code(&e), 42);
+        let e: anyhow::Error = hooks::HookFailed(ampoule_runtime::oci_hooks::HookError::Failed {
+            kind: "createRuntime",
+            path: "/h".into(),
+            status: "exit status 1".into(),
+            output: String::new(),
+        })
+        .into();
+        assert_eq!(exit_code(&e.context("create")), EXIT_HOOK);
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub async fn start(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
             s.status = Status::Running;
         }
     })?;
+    super::hooks::after_start(&store, id, &super::hooks::load(&store, id)).await;
     Ok(0)
 }
 
@@ -150,10 +151,13 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    // Read before the state directory goes.
+    let hooks = super::hooks::load(&store, &a.id);
     // Whatever a dead monitor left (its VM processes die with it, having a
     // parent-death signal): the pod service's cleanup by record.
     s.sandbox.clean_up().await;
     store.remove(&a.id)?;
+    super::hooks::after_delete(&s, &hooks).await;
     Ok(0)
 }
 
@@ -295,7 +299,8 @@ pub fn features_json() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": &f::HOOKS[..],
+        // Run by the CLI on the host and by the agent in the guest.
+        "hooks": ampoule_runtime::oci_hooks::all_hook_names(),
         "mountOptions": &f::MOUNT_OPTIONS[..],
         "linux": {
             "namespaces": &f::NAMESPACES[..],
@@ -370,7 +375,17 @@ mod tests {
         }
         assert_eq!(v["linux"]["seccomp"]["enabled"], true);
         assert!(strings(&v["linux"]["seccomp"]["actions"]).contains(&"SCMP_ACT_ERRNO".into()));
-        assert!(strings(&v["hooks"]).is_empty(), "no hook is implemented");
+        assert_eq!(
+            strings(&v["hooks"]),
+            [
+                "prestart",
+                "createRuntime",
+                "createContainer",
+                "startContainer",
+                "poststart",
+                "poststop"
+            ]
+        );
         let parsed: oci_spec::runtime::Features =
             serde_json::from_value(v).expect("parses as runtime-spec features");
         assert_eq!(parsed.oci_version_min(), "1.0.0");

@@ -307,6 +307,15 @@ pub fn sandbox_size(spec: &Spec, config: &Config) -> Result<(u32, u32), Containe
                     vcpus = vcpus.max(want);
                 }
             }
+            // As many vCPUs as the cpuset grants host CPUs (the guest's
+            // cpuset is mapped onto them).
+            if let Some(n) = cpu
+                .cpus()
+                .as_deref()
+                .and_then(ampoule_agent_api::cpu_list_count)
+            {
+                vcpus = vcpus.max(n.min(u64::from(config::MAX_VCPUS)) as u32);
+            }
         }
         if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
             if limit > 0 {
@@ -409,6 +418,16 @@ mod tests {
         ))
         .expect("spec");
         assert_eq!(sandbox_size(&spec, &c).expect("size"), (2, 512 + 96));
+        let spec: Spec = serde_json::from_str(&MIN.replace(
+            r#""root""#,
+            r#""linux":{"resources":{"cpu":{"cpus":"4-6"}}},"root""#,
+        ))
+        .expect("spec");
+        assert_eq!(
+            sandbox_size(&spec, &c).expect("size").0,
+            3,
+            "a vCPU per host CPU of the cpuset"
+        );
         let spec: Spec = serde_json::from_str(&MIN.replace(
             r#""root""#,
             r#""annotations":{"io.ampoule.vcpus":"3","io.ampoule.memory_mib":"300"},"root""#,

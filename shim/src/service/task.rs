@@ -272,6 +272,15 @@ impl TaskService {
         // The pod's network namespace on the host (CNI's), if it has one.
         let network =
             ampoule_runtime::container::namespaces::pod_network_path(spec).map(PathBuf::from);
+        // Levels of the pod's host cgroup the jail's memory cgroup creates.
+        let mut cgroups = match cgroups_path(spec) {
+            Some(path) => ampoule_runtime::host_cgroup::missing_levels(
+                Path::new(ampoule_runtime::pod::cgroups::CGROUP_ROOT),
+                &path,
+            )
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let (pod, devices) = Pod::boot(
             config,
             id,
@@ -279,6 +288,7 @@ impl TaskService {
             images,
             shared_fs,
             network,
+            cgroups_path(spec),
         )
         .await?;
         let pod = Arc::new(pod);
@@ -290,10 +300,16 @@ impl TaskService {
             "pod VM ready"
         );
         // The VM's processes go into the pod's cgroup on the host.
-        let mut cgroups = Vec::new();
         if let Some(path) = cgroups_path(spec) {
-            match pod.place_in_cgroup(&path) {
-                Ok(created) => cgroups = created,
+            let resources = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
+            match pod.place_in_cgroup(&path, resources, config.jail_memory_overhead_mib) {
+                Ok(created) => {
+                    for d in created {
+                        if !cgroups.contains(&d) {
+                            cgroups.push(d);
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "placing the VM in the pod cgroup"),
             }
         }
