@@ -24,9 +24,10 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use ampoule_agent_api::hooks::show_output;
 use oci_spec::runtime::{Hook, Hooks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -133,15 +134,6 @@ pub enum HookError {
     State { kind: &'static str, reason: String },
 }
 
-fn show_output(output: &str) -> String {
-    let o = output.trim_end();
-    if o.is_empty() {
-        String::new()
-    } else {
-        format!(": {o}")
-    }
-}
-
 /// Runs the hooks of `kind` in order, each with `state` (serialized as
 /// JSON) on its stdin and `cwd` as its working directory.
 ///
@@ -197,34 +189,12 @@ async fn read_tail(out: OwnedFd) -> Vec<u8> {
     }
 }
 
-fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => status.to_string(),
-    }
-}
-
 fn check(kind: HostHook, hook: &Hook) -> Result<Option<u64>, HookError> {
-    let invalid = |reason: String| HookError::Invalid {
+    ampoule_agent_api::hooks::check(hook).map_err(|reason| HookError::Invalid {
         kind: kind.name(),
         path: hook.path().clone(),
         reason,
-    };
-    if !hook.path().is_absolute() {
-        return Err(invalid("the path must be absolute".into()));
-    }
-    if let Some(bad) = hook.env().iter().flatten().find(|e| !e.contains('=')) {
-        return Err(invalid(format!("env entry {bad:?} is not KEY=VALUE")));
-    }
-    match hook.timeout() {
-        None => Ok(None),
-        Some(t) if t > 0 => Ok(Some(t as u64)),
-        Some(t) => Err(invalid(format!(
-            "timeout must be greater than zero, not {t}"
-        ))),
-    }
+    })
 }
 
 /// Runs one hook and waits for it, its timeout and its output.
@@ -302,7 +272,7 @@ async fn run_one(kind: HostHook, hook: &Hook, state: &[u8], cwd: &Path) -> Resul
         Some(s) => Err(HookError::Failed {
             kind: kind.name(),
             path,
-            status: describe(s),
+            status: ampoule_agent_api::hooks::describe_exit(s),
             output: tail,
         }),
         None => Err(HookError::Timeout {

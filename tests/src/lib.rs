@@ -305,6 +305,31 @@ impl CliEnv {
         dir
     }
 
+    /// `create --bundle BUNDLE [EXTRA] ID` with its stdio on files: the
+    /// container's monitor keeps the fds `create` was started with, so
+    /// pipes would never reach EOF.
+    pub fn create(&self, bundle: &Path, id: &str, extra: &[&str]) -> std::process::Output {
+        let dir = self.env.tmp.path();
+        let out_path = dir.join(format!("{id}.create.out"));
+        let err_path = dir.join(format!("{id}.create.err"));
+        let status = self
+            .cmd()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .args(extra)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(File::create(&out_path).expect("stdout file"))
+            .stderr(File::create(&err_path).expect("stderr file"))
+            .status()
+            .expect("ampoule create");
+        std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        }
+    }
+
     /// `state ID` as JSON, or None if the command failed.
     pub fn state(&self, id: &str) -> Option<serde_json::Value> {
         let out = self
@@ -456,4 +481,14 @@ pub fn vmm_test_guest(dir: &Path) -> PathBuf {
         show(&out)
     );
     dir.join("guest-linux64.elf")
+}
+
+/// Writes an executable `#!/bin/sh` script with `body` at `path`.
+pub fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("script dir");
+    }
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }

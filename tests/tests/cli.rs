@@ -16,35 +16,6 @@ fn run_out(env: &CliEnv, id: &str, bundle: &std::path::Path) -> std::process::Ou
         .expect("ampoule run")
 }
 
-/// `create` with its stdio on files: the container (its monitor) keeps the
-/// fds `create` was started with, so pipes would never reach EOF.
-fn create(
-    env: &CliEnv,
-    bundle: &std::path::Path,
-    id: &str,
-    extra: &[&str],
-) -> std::process::Output {
-    let dir = env.env.tmp.path();
-    let out_path = dir.join(format!("{id}.create.out"));
-    let err_path = dir.join(format!("{id}.create.err"));
-    let status = env
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(bundle)
-        .args(extra)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .status()
-        .expect("ampoule create");
-    std::process::Output {
-        status,
-        stdout: std::fs::read(&out_path).unwrap_or_default(),
-        stderr: std::fs::read(&err_path).unwrap_or_default(),
-    }
-}
-
 fn assert_clean(env: &CliEnv) {
     let left = env.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}");
@@ -122,7 +93,7 @@ fn create_start_state_kill_delete_with_pid_file_and_states_at_every_step() {
     });
     let pid_file = env.env.tmp.path().join("pid");
     let pid_arg = pid_file.display().to_string();
-    let out = create(&env, &b, "c1", &["--pid-file", &pid_arg]);
+    let out = env.create(&b, "c1", &["--pid-file", &pid_arg]);
     assert!(out.status.success(), "{}", show(&out));
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .expect("pid file")
@@ -208,7 +179,7 @@ fn a_leftover_holding_stdout_without_a_pid_namespace_does_not_keep_the_container
             .expect("namespaces")
             .retain(|n| n["type"] != "pid");
     });
-    let out = create(&env, &b, "c1", &[]);
+    let out = env.create(&b, "c1", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let out = env.cmd().args(["start", "c1"]).output().expect("start");
     assert!(out.status.success(), "{}", show(&out));
@@ -602,15 +573,7 @@ fn recv_fd(conn: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
 #[test]
 fn bad_bundles_and_ids_give_clear_errors_and_leave_nothing() {
     let env = CliEnv::new();
-    let create = |bundle: &std::path::Path, id: &str| {
-        env.cmd()
-            .args(["create", "--bundle"])
-            .arg(bundle)
-            .arg(id)
-            .stdin(Stdio::null())
-            .output()
-            .expect("create")
-    };
+    let create = |bundle: &std::path::Path, id: &str| env.create(bundle, id, &[]);
     let expect_err = |out: &std::process::Output, needle: &str| {
         assert!(!out.status.success(), "{}", show(out));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -668,9 +631,9 @@ fn duplicate_id_missing_binary_and_start_of_a_stopped_container_are_refused() {
     let _l = VmLock::acquire();
     let env = CliEnv::new();
     let b = env.bundle("b", &["true"], |_| {});
-    let out = create(&env, &b, "d1", &[]);
+    let out = env.create(&b, "d1", &[]);
     assert!(out.status.success(), "{}", show(&out));
-    let dup = create(&env, &b, "d1", &[]);
+    let dup = env.create(&b, "d1", &[]);
     assert!(!dup.status.success());
     assert!(
         String::from_utf8_lossy(&dup.stderr).contains("already exists"),
@@ -731,7 +694,7 @@ fn twenty_create_start_delete_cycles_leave_nothing_behind() {
     let b = env.bundle("b", &["sleep", "1000"], |_| {});
     for i in 0..20 {
         let id = format!("cyc{i}");
-        let out = create(&env, &b, &id, &[]);
+        let out = env.create(&b, &id, &[]);
         assert!(out.status.success(), "cycle {i}: {}", show(&out));
         let out = env.cmd().args(["start", &id]).output().expect("start");
         assert!(out.status.success(), "cycle {i}: {}", show(&out));
@@ -824,7 +787,7 @@ fn container_whose_vm_died_reports_stopped_and_delete_cleans_up() {
     let _l = VmLock::acquire();
     let env = CliEnv::new();
     let b = env.bundle("b", &["sleep", "1000"], |_| {});
-    let out = create(&env, &b, "vmdies", &[]);
+    let out = env.create(&b, "vmdies", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let out = env.cmd().args(["start", "vmdies"]).output().expect("start");
     assert!(out.status.success(), "{}", show(&out));
@@ -1104,7 +1067,7 @@ fn create_places_the_sandboxs_host_processes_in_cgroups_path_and_delete_removes_
     let b = env.bundle("b", &["sleep", "1000"], |v| {
         v["linux"]["cgroupsPath"] = format!("/{rel}").into();
     });
-    let out = create(&env, &b, "cg", &[]);
+    let out = env.create(&b, "cg", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let vm_pids: Vec<u32> = ampoule_tests::processes_mentioning(env.env.tmp.path())
         .into_iter()
@@ -1202,7 +1165,7 @@ fn linux_resources_limit_the_relative_cgroups_path_on_the_host_and_the_cpuset_ma
             v["annotations"] = serde_json::json!({"io.ampoule.vcpus": "1"});
         },
     );
-    let out = create(&env, &b, "res", &[]);
+    let out = env.create(&b, "res", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let out = env.cmd().args(["start", "res"]).output().expect("start");
     assert!(out.status.success(), "{}", show(&out));

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ampoule_tests::{show, vm_test, CliEnv, TestNetns, VmLock};
+use ampoule_tests::{show, vm_test, write_script, CliEnv, TestNetns, VmLock};
 use serde_json::{json, Value};
 
 const TESTDATA: &str = concat!(
@@ -401,16 +401,13 @@ fn bundles_in_the_shapes_runc_spec_podman_and_cri_write_run_as_runc_would_run_th
         let out = env.env.tmp.path().join(format!("{}-out", case.name));
         std::fs::create_dir_all(&out).expect("out dir");
         let hook = env.env.tmp.path().join("hook.sh");
-        std::fs::write(
+        write_script(
             &hook,
-            format!(
-                "#!/bin/sh\nname=$1; shift\nd={}\ncat > \"$d/$name.state\"\necho \"$name\" > \"$d/$name.args\"\nfor f in \"$@\"; do cat \"$f\"; done > \"$d/$name.files\"\n[ \"$HOOK_TEST\" = 1 ] || exit 9\n",
+            &format!(
+                "name=$1; shift\nd={}\ncat > \"$d/$name.state\"\necho \"$name\" > \"$d/$name.args\"\nfor f in \"$@\"; do cat \"$f\"; done > \"$d/$name.files\"\n[ \"$HOOK_TEST\" = 1 ] || exit 9",
                 out.display()
             ),
-        )
-        .expect("hook");
-        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod hook");
+        );
         let ctx = Ctx {
             out: out.clone(),
             hook,

@@ -3,42 +3,9 @@
 //! startContainer run in the guest, in the container, from its rootfs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-use ampoule_tests::{show, vm_test, wait_until, CliEnv, VmLock};
-
-/// `create` with its stdio on files: the container's monitor keeps the fds
-/// `create` was started with, so pipes would never reach EOF.
-fn create(env: &CliEnv, bundle: &Path, id: &str, extra: &[&str]) -> Output {
-    let dir = env.env.tmp.path();
-    let out_path = dir.join(format!("{id}.create.out"));
-    let err_path = dir.join(format!("{id}.create.err"));
-    let status = env
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(bundle)
-        .args(extra)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .status()
-        .expect("ampoule create");
-    Output {
-        status,
-        stdout: std::fs::read(&out_path).unwrap_or_default(),
-        stderr: std::fs::read(&err_path).unwrap_or_default(),
-    }
-}
-
-fn write_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("script dir");
-    }
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
+use ampoule_tests::{show, vm_test, wait_until, write_script, CliEnv, VmLock};
 
 /// A host hook script that records, under `dir`, for the name in its
 /// first argument: its stdin (`NAME.state`), its arguments (`NAME.argv`),
@@ -119,12 +86,7 @@ fn host_hooks_run_in_order_at_create_start_and_delete_with_the_state_on_stdin_an
         });
     });
     let pid_file = env.env.tmp.path().join("pid");
-    let out = create(
-        &env,
-        &b,
-        "h1",
-        &["--pid-file", &pid_file.display().to_string()],
-    );
+    let out = env.create(&b, "h1", &["--pid-file", &pid_file.display().to_string()]);
     assert!(out.status.success(), "{}", show(&out));
     // At create: prestart, then createRuntime (the spec's lifecycle), each
     // in its list's order; nothing of start or delete yet.
@@ -280,12 +242,7 @@ fn a_failing_prestart_hook_fails_create_with_its_error_and_leaves_nothing_behind
         });
     });
     let pid_file = env.env.tmp.path().join("pid");
-    let out = create(
-        &env,
-        &b,
-        "h2",
-        &["--pid-file", &pid_file.display().to_string()],
-    );
+    let out = env.create(&b, "h2", &["--pid-file", &pid_file.display().to_string()]);
     assert_eq!(
         out.status.code(),
         Some(12),
@@ -332,7 +289,7 @@ fn a_create_runtime_hook_past_its_timeout_is_killed_and_fails_create() {
         });
     });
     let t0 = std::time::Instant::now();
-    let out = create(&env, &b, "h3", &[]);
+    let out = env.create(&b, "h3", &[]);
     assert_eq!(out.status.code(), Some(12), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("createRuntime hook"), "{}", show(&out));
@@ -404,7 +361,7 @@ fn create_container_and_start_container_hooks_run_from_the_rootfs_in_the_contain
     let rootfs = b.join("rootfs");
     write_script(&rootfs.join("hooks/create-container"), &body("cc"));
     write_script(&rootfs.join("hooks/start-container"), &body("sc"));
-    let out = create(&env, &b, "h4", &[]);
+    let out = env.create(&b, "h4", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let st: serde_json::Value =
         serde_json::from_str(&read(&rootfs.join("cc.state"))).expect("createContainer state");
@@ -470,7 +427,7 @@ fn a_create_container_hook_not_in_the_container_fails_create_naming_its_path() {
             "createContainer": [{"path": host_only}],
         });
     });
-    let out = create(&env, &b, "h5", &[]);
+    let out = env.create(&b, "h5", &[]);
     assert!(!out.status.success(), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -506,7 +463,7 @@ fn a_failing_start_container_hook_fails_start_and_the_program_never_runs() {
         &rootfs.join("hooks/refuse"),
         "echo 'refusing to start' >&2; exit 7",
     );
-    let out = create(&env, &b, "h6", &[]);
+    let out = env.create(&b, "h6", &[]);
     assert!(out.status.success(), "{}", show(&out));
     let out = env.cmd().args(["start", "h6"]).output().expect("start");
     assert!(!out.status.success(), "{}", show(&out));

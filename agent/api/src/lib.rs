@@ -37,6 +37,7 @@ pub mod agent_ttrpc {
 pub use agent::*;
 
 pub mod features;
+pub mod hooks;
 
 /// Guest CID of every Ampoule sandbox (the host is CID 2).
 pub const GUEST_CID: u32 = 3;

@@ -44,10 +44,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ampoule_agent_api::features::GUEST_HOOKS;
+use ampoule_agent_api::hooks::show_output;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags};
 use serde::{Deserialize, Serialize};
@@ -132,15 +133,6 @@ pub enum HookError {
     },
 }
 
-fn show_output(output: &str) -> String {
-    let o = output.trim_end();
-    if o.is_empty() {
-        String::new()
-    } else {
-        format!(": {o}")
-    }
-}
-
 /// One hook, checked: an absolute path, `KEY=VALUE` environment entries,
 /// a timeout over zero.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,22 +151,8 @@ impl HookPlan {
             path: h.path().clone(),
             reason: reason.to_string(),
         };
-        if !h.path().is_absolute() {
-            return Err(invalid("the path must be absolute"));
-        }
+        let timeout = ampoule_agent_api::hooks::check(h).map_err(|r| invalid(&r))?;
         let env = h.env().clone().unwrap_or_default();
-        if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
-            return Err(invalid(&format!("env entry {bad:?} is not KEY=VALUE")));
-        }
-        let timeout = match h.timeout() {
-            None => None,
-            Some(t) if t > 0 => Some(t as u64),
-            Some(t) => {
-                return Err(invalid(&format!(
-                    "timeout must be greater than zero, not {t}"
-                )))
-            }
-        };
         Ok(HookPlan {
             path: h.path().clone(),
             args: h.args().clone().unwrap_or_default(),
@@ -426,15 +404,6 @@ fn spawn(hook: &HookPlan, root: Option<&Path>, out_w: OwnedFd) -> std::io::Resul
     cmd.spawn()
 }
 
-fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => status.to_string(),
-    }
-}
-
 /// Runs one hook and waits for it (its deadline, its stdin and its output
 /// handled in one loop: the container process has no other thread).
 fn run_one(
@@ -536,7 +505,7 @@ fn run_one(
         Err(HookError::Failed {
             kind: kind.name(),
             path,
-            status: describe(status),
+            status: ampoule_agent_api::hooks::describe_exit(status),
             output: tail.text(),
         })
     }

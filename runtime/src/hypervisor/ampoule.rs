@@ -5,7 +5,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use tokio::process::Command;
 
 use super::{Hypervisor, HypervisorError, VmConfig, VM_PROCESS};
 use crate::host::Backend;
@@ -89,25 +88,12 @@ impl Hypervisor for AmpouleVmm {
     async fn launch(&self, vm: &VmConfig) -> Result<ProcessGroup, HypervisorError> {
         // Declared before the group: on an early return the group is
         // dropped (its processes told to die) before the jail's cgroup goes.
-        let jail = match &vm.jail {
-            Some(settings) => Some(SandboxJail::create(vm, settings)?),
-            None => None,
-        };
+        let jail = SandboxJail::for_vm(vm)?;
         let mut group = ProcessGroup::new();
         // The VMM connects to virtiofsd's socket as it starts.
-        let procs = jail.as_ref().map(|j| j.cgroup().procs_file());
-        crate::pod::share_fs::virtiofsd::spawn(
-            &mut group,
-            vm,
-            jail.as_ref().map(|j| j.uid()),
-            procs.as_deref(),
-        )?;
-        let mut cmd = match &jail {
-            Some(j) => j
-                .confine(JailedProcess::AmpouleVmm, vm, &self.binary)?
-                .command(),
-            None => Command::new(&self.binary),
-        };
+        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, jail.as_ref())?;
+        let mut cmd =
+            SandboxJail::command(jail.as_ref(), JailedProcess::AmpouleVmm, vm, &self.binary)?;
         let mut argv = vmm_argv(vm, self.serial_log_max);
         let mut inherited: Vec<RawFd> = vm.nets.iter().map(|n| n.tap_fd).collect();
         // A jailed VMM runs as a uid that may not open /dev/kvm (0600 root

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::process::Command;
 
 use std::os::fd::AsRawFd;
 
@@ -180,18 +179,15 @@ impl Hypervisor for Qemu {
         }
         // Declared before the group: on an early return the group is
         // dropped (its processes told to die) before the jail's cgroup goes.
-        let jail = match &vm.jail {
-            Some(settings) => Some(SandboxJail::create(vm, settings)?),
-            None => None,
-        };
+        let jail = SandboxJail::for_vm(vm)?;
         let mut group = ProcessGroup::new();
         let vhost_log = vm.process_log(VHOST_PROCESS);
-        let mut vhost = match &jail {
-            Some(j) => j
-                .confine(JailedProcess::VhostVsock, vm, &self.vhost_device_vsock)?
-                .command(),
-            None => Command::new(&self.vhost_device_vsock),
-        };
+        let mut vhost = SandboxJail::command(
+            jail.as_ref(),
+            JailedProcess::VhostVsock,
+            vm,
+            &self.vhost_device_vsock,
+        )?;
         vhost.args(vhost_argv(vm));
         group.spawn(VHOST_PROCESS, vhost, &vhost_log)?;
 
@@ -216,18 +212,9 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
 
-        let procs = jail.as_ref().map(|j| j.cgroup().procs_file());
-        crate::pod::share_fs::virtiofsd::spawn(
-            &mut group,
-            vm,
-            jail.as_ref().map(|j| j.uid()),
-            procs.as_deref(),
-        )?;
+        crate::pod::share_fs::virtiofsd::spawn(&mut group, vm, jail.as_ref())?;
 
-        let mut qemu = match &jail {
-            Some(j) => j.confine(JailedProcess::Qemu, vm, &self.qemu)?.command(),
-            None => Command::new(&self.qemu),
-        };
+        let mut qemu = SandboxJail::command(jail.as_ref(), JailedProcess::Qemu, vm, &self.qemu)?;
         // The console: a pipe drained into a bounded file (see SERIAL_FDSET).
         let (serial_w, serial_drain) =
             serial_log::pipe_to_capped_file(&vm.serial_log, self.serial_log_max).map_err(|e| {

@@ -231,6 +231,28 @@ impl SandboxJail {
         Ok(jail)
     }
 
+    /// The jail of `vm`, when its configuration has one.
+    pub fn for_vm(vm: &VmConfig) -> Result<Option<SandboxJail>, JailError> {
+        vm.jail
+            .as_ref()
+            .map(|settings| SandboxJail::create(vm, settings))
+            .transpose()
+    }
+
+    /// The command that starts `binary` as `process` of `vm`: confined to
+    /// `jail` when there is one.
+    pub fn command(
+        jail: Option<&SandboxJail>,
+        process: JailedProcess,
+        vm: &VmConfig,
+        binary: &Path,
+    ) -> Result<Command, JailError> {
+        Ok(match jail {
+            Some(j) => j.confine(process, vm, binary)?.command(),
+            None => Command::new(binary),
+        })
+    }
+
     /// The sandbox's uid (also its gid).
     pub fn uid(&self) -> u32 {
         self.lease.uid

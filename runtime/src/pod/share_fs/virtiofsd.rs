@@ -58,15 +58,17 @@ pub fn argv(fd: RawFd, shared_dir: &Path, nofile_hard: Option<u64>) -> Vec<OsStr
 }
 
 /// Starts virtiofsd for `vm`'s shared directory in `group`. When the VMM
-/// is jailed, the socket is given to `owner` (the jail's uid and gid) and
-/// virtiofsd joins the jail's memory cgroup (`cgroup_procs`) before it runs,
-/// so its forked server is counted there too.
+/// is jailed (`jail`), the socket is given to the jail's uid and gid and
+/// virtiofsd joins the jail's memory cgroup before it runs, so its forked
+/// server is counted there too.
 pub fn spawn(
     group: &mut ProcessGroup,
     vm: &VmConfig,
-    owner: Option<u32>,
-    cgroup_procs: Option<&Path>,
+    jail: Option<&crate::jail::SandboxJail>,
 ) -> Result<Option<PathBuf>, HypervisorError> {
+    let owner = jail.map(|j| j.uid());
+    let cgroup_procs = jail.map(|j| j.cgroup().procs_file());
+    let cgroup_procs = cgroup_procs.as_deref();
     let Some(fs) = &vm.shared_fs else {
         return Ok(None);
     };
