@@ -43,6 +43,8 @@ pub enum StreamKind {
     Stdin,
     Stdout,
     Stderr,
+    /// The process's descriptor N beyond stdio (header word `fd<N>`).
+    Extra(u32),
 }
 
 /// Which process stream a connection is for.
@@ -76,7 +78,7 @@ pub enum StdioError {
     HeaderFields(String),
     #[error("invalid id {0:?} in stdio header")]
     BadId(String),
-    #[error("unknown stream {0:?} in stdio header (stdin, stdout or stderr)")]
+    #[error("unknown stream {0:?} in stdio header (stdin, stdout, stderr or fd3..)")]
     BadStream(String),
     #[error("no stdio header within {HEADER_TIMEOUT:?}")]
     HeaderTimeout,
@@ -113,7 +115,10 @@ pub fn parse_header(line: &[u8]) -> Result<StreamKey, StdioError> {
         "stdin" => StreamKind::Stdin,
         "stdout" => StreamKind::Stdout,
         "stderr" => StreamKind::Stderr,
-        other => return Err(StdioError::BadStream(other.to_string())),
+        other => match ampoule_agent_api::parse_extra_fd_stream(other) {
+            Some(fd) => StreamKind::Extra(fd),
+            None => return Err(StdioError::BadStream(other.to_string())),
+        },
     };
     Ok(StreamKey::new(cid, exec_id, kind))
 }
@@ -365,6 +370,12 @@ impl AsyncWrite for FdStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A socket's writing ends here (its reader sees EOF while reading
+        // on); a pipe's ends when it is dropped (ENOTSOCK is no error).
+        let _ = nix::sys::socket::shutdown(
+            self.fd.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Write,
+        );
         Poll::Ready(Ok(()))
     }
 }
@@ -419,6 +430,17 @@ mod tests {
             parse_header(b"a - stdweird"),
             Err(StdioError::BadStream("stdweird".into()))
         );
+        assert_eq!(
+            parse_header(b"a e1 fd3").map(|k| k.kind),
+            Ok(StreamKind::Extra(3))
+        );
+        for bad in ["fd2", "fd0", "fd03", "fd67", "fd", "fd-1"] {
+            assert_eq!(
+                parse_header(format!("a - {bad}").as_bytes()),
+                Err(StdioError::BadStream(bad.into())),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse_header(&[0xff, b' ', b'-', b' ', b'x']),
             Err(StdioError::HeaderNotUtf8)

@@ -172,6 +172,9 @@ pub struct Recording {
     pub files: std::sync::Mutex<std::collections::HashMap<PathBuf, String>>,
     pub dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     pub missing: Vec<PathBuf>,
+    /// Calls refused with EPERM, as in a user namespace: `"mknod"`, or a
+    /// filesystem type to mount.
+    pub eperm: Vec<&'static str>,
 }
 
 #[cfg(test)]
@@ -215,6 +218,9 @@ impl Syscall for Recording {
         flags: MsFlags,
         data: Option<&str>,
     ) -> io::Result<()> {
+        if fstype.is_some_and(|t| self.eperm.contains(&t)) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         self.push(Call::Mount {
             source: source.map(Path::to_path_buf),
             target: target.to_path_buf(),
@@ -273,6 +279,9 @@ impl Syscall for Recording {
         Ok(())
     }
     fn make_device(&self, path: &Path, _node: &DeviceNode) -> io::Result<()> {
+        if self.eperm.contains(&"mknod") {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         self.push(Call::MakeDevice(path.to_path_buf()));
         Ok(())
     }

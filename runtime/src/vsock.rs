@@ -86,7 +86,7 @@ pub fn parse_ready_line(line: &str) -> Option<String> {
 /// The header line of a stdio stream connection (guest port 1025).
 pub fn stdio_header(container_id: &str, exec_id: &str, stream: StdioStream) -> String {
     let exec = if exec_id.is_empty() { "-" } else { exec_id };
-    format!("{container_id} {exec} {}\n", stream.as_str())
+    format!("{container_id} {exec} {}\n", stream.word())
 }
 
 /// Which stdio stream a connection carries.
@@ -95,15 +95,18 @@ pub enum StdioStream {
     Stdin,
     Stdout,
     Stderr,
+    /// The process's descriptor N beyond stdio (`--preserve-fds`).
+    Extra(u32),
 }
 
 impl StdioStream {
     /// The word used in the stdio header.
-    pub fn as_str(self) -> &'static str {
+    pub fn word(self) -> String {
         match self {
-            StdioStream::Stdin => "stdin",
-            StdioStream::Stdout => "stdout",
-            StdioStream::Stderr => "stderr",
+            StdioStream::Stdin => "stdin".into(),
+            StdioStream::Stdout => "stdout".into(),
+            StdioStream::Stderr => "stderr".into(),
+            StdioStream::Extra(fd) => ampoule_agent_api::extra_fd_stream(fd),
         }
     }
 }
@@ -291,6 +294,7 @@ mod tests {
     #[test]
     fn stdio_header_uses_dash_for_init() {
         assert_eq!(stdio_header("c1", "", StdioStream::Stdout), "c1 - stdout\n");
+        assert_eq!(stdio_header("c1", "", StdioStream::Extra(3)), "c1 - fd3\n");
         assert_eq!(
             stdio_header("c1", "e2", StdioStream::Stdin),
             "c1 e2 stdin\n"

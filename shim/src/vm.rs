@@ -79,6 +79,7 @@ pub fn stdio_config(paths: &StdioPaths) -> Stdio {
         stdout: paths.has_stdout(),
         stderr: paths.has_stderr(),
         terminal: paths.terminal,
+        extra: Vec::new(),
     }
 }
 
@@ -272,7 +273,7 @@ impl Pod {
         paths: &StdioPaths,
     ) -> Result<GuestStreams, VmError> {
         let want = [paths.has_stdin(), paths.has_stdout(), paths.has_stderr()];
-        Ok(ampoule_runtime::container::open_each(want, |kind| {
+        Ok(ampoule_runtime::container::open_each(want, &[], |kind| {
             self.sandbox.connect_stdio(container_id, exec_id, kind)
         })
         .await?)

@@ -1401,3 +1401,208 @@ fn the_pod_namespaces_interface_becomes_the_guest_nic_and_traffic_flows_both_way
     assert!(!qdiscs.contains("ingress"), "redirect left: {qdiscs}");
     assert_clean(&env);
 }
+
+#[test]
+fn a_user_namespace_maps_the_containers_root_to_the_specs_ids_for_init_and_exec() {
+    if !vm_test("a_user_namespace_maps_the_containers_root_to_the_specs_ids_for_init_and_exec") {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    // `runc spec` plus a user namespace, as rootless-style engines map it.
+    let b = env.bundle("userns", &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(serde_json::json!({"type": "user"}));
+        let maps = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        v["linux"]["uidMappings"] = maps.clone();
+        v["linux"]["gidMappings"] = maps;
+    });
+    let out = env.create(&b, "u1", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.cmd().args(["start", "u1"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    let script = "cat /proc/self/uid_map /proc/self/gid_map /proc/1/uid_map; \
+                  echo uid=$(id -u) gid=$(id -g); stat -c owner=%u /bin/busybox";
+    let out = env
+        .cmd()
+        .args(["exec", "u1", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("exec");
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let maps: Vec<Vec<&str>> = text
+        .lines()
+        .take(3)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        maps,
+        vec![vec!["0", "100000", "65536"]; 3],
+        "the exec and the init are in the mapped namespace: {}",
+        show(&out)
+    );
+    assert!(text.contains("uid=0 gid=0"), "root in it: {}", show(&out));
+    // The image's files, owned by the guest's root, which is not mapped.
+    assert!(text.contains("owner=65534"), "{}", show(&out));
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "u1"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_clean(&env);
+}
+
+/// `cmd` with `fds` as its descriptors 3, 4, ... (as an engine passes
+/// `--preserve-fds`).
+fn with_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls fcntl(2) and
+    // dup2(2), async-signal-safe, on descriptors of the child; `fds` was
+    // built before the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0; 8];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, h) in high.iter().take(fds.len()).enumerate() {
+                if libc::dup2(*h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn preserved_descriptors_carry_their_bytes_into_the_container_both_ways_for_run_create_and_exec() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    if !vm_test(
+        "preserved_descriptors_carry_their_bytes_into_the_container_both_ways_for_run_create_and_exec",
+    ) {
+        return;
+    }
+    let _l = VmLock::acquire();
+    let env = CliEnv::new();
+    // run --preserve-fds 2: the container reads fd 3, writes fd 4.
+    let b = env.bundle(
+        "fds",
+        &["sh", "-c", "read l <&3; echo \"got $l\" >&4"],
+        |_| {},
+    );
+    let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
+    let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+    let mut cmd = env.cmd();
+    cmd.args(["run", "--preserve-fds", "2", "--bundle"])
+        .arg(&b)
+        .arg("f1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    with_fds(&mut cmd, vec![in_r.as_raw_fd(), out_w.as_raw_fd()]);
+    let child = cmd.spawn().expect("ampoule run");
+    drop(in_r);
+    drop(out_w);
+    let mut w = std::fs::File::from(in_w);
+    w.write_all(b"hello\n").expect("write fd 3");
+    drop(w);
+    let mut got = String::new();
+    std::fs::File::from(out_r)
+        .read_to_string(&mut got)
+        .expect("read fd 4 to its end");
+    let out = child.wait_with_output().expect("run ends");
+    assert_eq!(got, "got hello\n", "{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+
+    // exec --preserve-fds 1 with a connected socket, both ways.
+    let b = env.bundle("fds2", &["sleep", "1000"], |_| {});
+    let out = env.create(&b, "f2", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.cmd().args(["start", "f2"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let mut cmd = env.cmd();
+    cmd.args([
+        "exec",
+        "--preserve-fds",
+        "1",
+        "f2",
+        "sh",
+        "-c",
+        "read l <&3; echo \"back $l\" >&3",
+    ])
+    .stdin(Stdio::null());
+    with_fds(&mut cmd, vec![theirs.as_raw_fd()]);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    drop(theirs);
+    (&mine).write_all(b"ping\n").expect("write");
+    mine.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mine), &mut line).expect("read");
+    let out = child.wait_with_output().expect("exec ends");
+    assert_eq!(line, "back ping\n", "{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    // create --preserve-fds 1: its monitor carries the descriptor on.
+    let b = env.bundle("fds3", &["sh", "-c", "echo created >&3"], |_| {});
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let mut cmd = env.cmd();
+    cmd.args(["create", "--preserve-fds", "1", "--bundle"])
+        .arg(&b)
+        .arg("f3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    with_fds(&mut cmd, vec![w.as_raw_fd()]);
+    let status = cmd.status().expect("create");
+    drop(w);
+    assert!(status.success(), "create --preserve-fds 1");
+    let out = env.cmd().args(["start", "f3"]).output().expect("start");
+    assert!(out.status.success(), "{}", show(&out));
+    let mut got = String::new();
+    std::fs::File::from(r)
+        .read_to_string(&mut got)
+        .expect("read to the end");
+    assert_eq!(got, "created\n");
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "f3"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    // A listening socket has no byte stream to carry: refused by name.
+    let dir = env.env.tmp.path().join("l");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let l = std::os::unix::net::UnixListener::bind(dir.join("s")).expect("listen");
+    let mut cmd = env.cmd();
+    cmd.args(["exec", "--preserve-fds", "1", "f2", "true"])
+        .stdin(Stdio::null());
+    with_fds(&mut cmd, vec![l.as_raw_fd()]);
+    let out = cmd.output().expect("exec");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listening socket"),
+        "{}",
+        show(&out)
+    );
+    let out = env
+        .cmd()
+        .args(["delete", "--force", "f2"])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_clean(&env);
+}

@@ -49,9 +49,9 @@ pub const CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// `linux.namespaces[].type` values the agent creates or joins (the user
-/// namespace and time namespace are refused).
-pub const NAMESPACES: [&str; 6] = ["mount", "pid", "network", "ipc", "uts", "cgroup"];
+/// `linux.namespaces[].type` values the agent creates or joins (the time
+/// namespace is refused).
+pub const NAMESPACES: [&str; 7] = ["mount", "pid", "network", "ipc", "uts", "cgroup", "user"];
 
 /// Seccomp actions the agent's filter compiler accepts (`SCMP_ACT_NOTIFY`
 /// needs a listener, which it refuses).

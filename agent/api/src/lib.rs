@@ -69,6 +69,25 @@ pub const MAX_ID: usize = 128;
 
 /// Whether `id` is a valid container or exec id: 1-128 of `[A-Za-z0-9_.-]`,
 /// not `.` or `..`. The one rule the agent, the runtime and the shim apply.
+/// Most descriptors beyond stdio one process may be given
+/// (`StdioConfig.extra_fds`, `--preserve-fds`).
+pub const MAX_EXTRA_FDS: u32 = 64;
+
+/// The stdio header's word for extra descriptor `fd`.
+pub fn extra_fd_stream(fd: u32) -> String {
+    format!("fd{fd}")
+}
+
+/// The descriptor a stdio header word `fd<N>` names, when N is one a
+/// process may be given (3 to 3 + MAX_EXTRA_FDS - 1).
+pub fn parse_extra_fd_stream(word: &str) -> Option<u32> {
+    let n: u32 = word.strip_prefix("fd")?.parse().ok()?;
+    if word.len() > 2 && word.as_bytes()[2] == b'0' {
+        return None;
+    }
+    (3..3 + MAX_EXTRA_FDS).contains(&n).then_some(n)
+}
+
 /// Most CPUs a list may name (the kernel's NR_CPUS bound).
 const MAX_LISTED_CPUS: u64 = 8192;
 

@@ -24,7 +24,8 @@ use super::caps;
 use super::hooks::{GuestHook, GuestHooks};
 use super::mounts::{default_devices, DeviceNode, MountStep, DEV_SYMLINKS};
 use super::process::{
-    path_of, recv, send, CreateSetup, HelperConfig, Msg, NsPlan, ProcessPlan, Setup, SYNC_FD,
+    path_of, recv, send, CreateSetup, HelperConfig, IdMap, IdMappings, Msg, NsPlan, ProcessPlan,
+    Setup, EXTRA_FDS_AT, SYNC_FD,
 };
 use super::seccomp;
 use crate::syscall::{Linux, Syscall};
@@ -73,7 +74,7 @@ fn run(sock: RawFd) -> R<Infallible> {
         None => None,
     };
     let (init, cgroup_ns) = match &cfg.setup {
-        Setup::Create(c) => (true, enter_new_namespaces(&c.namespaces)?),
+        Setup::Create(c) => (true, enter_new_namespaces(c, &cfg.process.cwd, sock)?),
         Setup::Exec { init_pid } => (false, join_namespaces(*init_pid)?),
     };
     // SAFETY: raw clone(2) without a new stack behaves like fork(2); this
@@ -114,14 +115,27 @@ fn run(sock: RawFd) -> R<Infallible> {
         None => {}
     }
     if let Setup::Create(c) = &cfg.setup {
-        setup_container(c, &cfg.process.cwd)?;
+        let phase = if new_user_namespace(&c.namespaces) {
+            FsPhase::InUserNs
+        } else {
+            FsPhase::All
+        };
+        setup_container(c, &cfg.process.cwd, phase)?;
     }
     let (exe, env) = setup_process(&cfg.process, init, sock, filter.as_ref())?;
     let start_hooks = match &cfg.setup {
         Setup::Create(c) => Some(&c.hooks),
         Setup::Exec { .. } => None,
     };
-    exec(sock, &cfg.process, exe, &env, filter.as_ref(), start_hooks)
+    exec(
+        sock,
+        &cfg.process,
+        exe,
+        &env,
+        filter.as_ref(),
+        start_hooks,
+        cfg.extra_fds,
+    )
 }
 
 /// The container's seccomp filter. As runc: without no_new_privs installing
@@ -148,9 +162,19 @@ enum CgroupNs {
 /// Creates (unshare) or joins (setns by path) the container's namespaces,
 /// always with a new mount namespace; the cgroup namespace is returned for
 /// the process to enter.
-fn enter_new_namespaces(namespaces: &[NsPlan]) -> R<Option<CgroupNs>> {
+///
+/// Namespaces given by path are joined first, while this helper is still
+/// privileged in the guest's own user namespace (which owns them). Then the
+/// user namespace: joined, or made, and its ids mapped by the agent (asked
+/// on `sock`; a process may not map other ids into its own namespace).
+/// The namespaces made after it are owned by it, so the container's root
+/// can mount its /proc, /sys and /dev in them.
+fn enter_new_namespaces(c: &CreateSetup, cwd: &Path, sock: RawFd) -> R<Option<CgroupNs>> {
+    let namespaces = &c.namespaces[..];
+    let id_mappings = c.id_mappings.as_ref();
     let mut new = CloneFlags::CLONE_NEWNS;
     let mut cgroup_ns = None;
+    let mut user = None;
     for ns in namespaces {
         let flag = CloneFlags::from_bits_truncate(ns.flag);
         if flag == CloneFlags::CLONE_NEWCGROUP {
@@ -160,6 +184,10 @@ fn enter_new_namespaces(namespaces: &[NsPlan]) -> R<Option<CgroupNs>> {
                 })?),
                 None => CgroupNs::New,
             });
+            continue;
+        }
+        if flag == CloneFlags::CLONE_NEWUSER {
+            user = Some(ns);
             continue;
         }
         match &ns.path {
@@ -174,6 +202,53 @@ fn enter_new_namespaces(namespaces: &[NsPlan]) -> R<Option<CgroupNs>> {
             None => new |= flag,
         }
     }
+    match user.map(|u| &u.path) {
+        None => {}
+        Some(Some(p)) => {
+            let f = ctx(std::fs::File::open(p), || {
+                format!("namespace {}", p.display())
+            })?;
+            ctx(nix::sched::setns(f, CloneFlags::CLONE_NEWUSER), || {
+                format!("setns {}", p.display())
+            })?;
+        }
+        Some(None) => {
+            // The container's root is set up while this helper is still
+            // privileged in the guest's own user namespace, in a mount
+            // namespace of that one: a mount namespace made after the new
+            // user namespace holds the agent's root as a locked mount,
+            // which pivot_root could not take away. The mounts that belong
+            // to the namespaces made next (proc, ...) come after.
+            ctx(nix::sched::unshare(CloneFlags::CLONE_NEWNS), || {
+                "unshare mount namespace".to_string()
+            })?;
+            let mut create_hooks = || {
+                c.hooks
+                    .run(GuestHook::CreateContainer, Some(&c.rootfs))
+                    .map_err(|e| e.to_string())
+            };
+            setup_filesystem(&Linux, c, cwd, &mut create_hooks, FsPhase::BeforeUserNs)?;
+            ctx(nix::sched::unshare(CloneFlags::CLONE_NEWUSER), || {
+                "unshare user namespace".to_string()
+            })?;
+            ctx(send(sock, &Msg::MapIds, None), || {
+                "asking for the user namespace's ID mappings".to_string()
+            })?;
+            match recv(sock) {
+                Ok(Some((Msg::IdsMapped, _))) => {}
+                other => {
+                    return Err(format!(
+                        "waiting for the user namespace's ID mappings: {other:?}"
+                    ))
+                }
+            }
+            // Root of the new namespace, when it maps a root: what this
+            // helper creates from now on (the container's /dev) is owned
+            // by an id the namespace knows (an unmapped creator gets
+            // EOVERFLOW). The process's own user is set later.
+            become_mapped_root(id_mappings)?;
+        }
+    }
     ctx(nix::sched::unshare(new), || {
         "unshare namespaces".to_string()
     })?;
@@ -182,6 +257,26 @@ fn enter_new_namespaces(namespaces: &[NsPlan]) -> R<Option<CgroupNs>> {
         loopback_up()?;
     }
     Ok(cgroup_ns)
+}
+
+/// Switches to uid and gid 0 of the new user namespace where `maps` map
+/// them; capabilities in the namespace stay.
+fn become_mapped_root(maps: Option<&IdMappings>) -> R<()> {
+    let Some(m) = maps else { return Ok(()) };
+    let root = |list: &[IdMap]| list.iter().any(|x| x.container_id == 0);
+    if root(&m.gid) {
+        let g = nix::unistd::Gid::from_raw(0);
+        ctx(nix::unistd::setresgid(g, g, g), || {
+            "becoming gid 0 of the user namespace".to_string()
+        })?;
+    }
+    if root(&m.uid) {
+        let u = nix::unistd::Uid::from_raw(0);
+        ctx(nix::unistd::setresuid(u, u, u), || {
+            "becoming uid 0 of the user namespace".to_string()
+        })?;
+    }
+    Ok(())
 }
 
 fn loopback_up() -> R<()> {
@@ -225,6 +320,9 @@ fn join_namespaces(init_pid: i32) -> R<Option<CgroupNs>> {
         ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        // After the namespaces the guest's user namespace owns (a pod's
+        // network), before those the container's owns.
+        ("user", CloneFlags::CLONE_NEWUSER),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
     let mut open = Vec::new();
@@ -253,7 +351,14 @@ fn join_namespaces(init_pid: i32) -> R<Option<CgroupNs>> {
     Ok(cgroup_ns)
 }
 
-fn setup_container(setup: &CreateSetup, cwd: &Path) -> R<()> {
+/// Whether `namespaces` make a new user namespace.
+fn new_user_namespace(namespaces: &[NsPlan]) -> bool {
+    namespaces
+        .iter()
+        .any(|n| n.flag == libc::CLONE_NEWUSER && n.path.is_none())
+}
+
+fn setup_container(setup: &CreateSetup, cwd: &Path, phase: FsPhase) -> R<()> {
     // createContainer hooks: in the container's namespaces, chrooted into
     // its root (their path is the container's, see hooks.rs).
     let mut create_hooks = || {
@@ -262,7 +367,7 @@ fn setup_container(setup: &CreateSetup, cwd: &Path) -> R<()> {
             .run(GuestHook::CreateContainer, Some(&setup.rootfs))
             .map_err(|e| e.to_string())
     };
-    setup_filesystem(&Linux, setup, cwd, &mut create_hooks)?;
+    setup_filesystem(&Linux, setup, cwd, &mut create_hooks, phase)?;
     if let Some(h) = &setup.hostname {
         ctx(nix::unistd::sethostname(h), || format!("sethostname {h:?}"))?;
     }
@@ -293,16 +398,14 @@ pub(crate) fn setup_filesystem(
     setup: &CreateSetup,
     cwd: &Path,
     before_pivot: &mut dyn FnMut() -> R<()>,
+    phase: FsPhase,
 ) -> R<()> {
     let CreateSetup {
         rootfs,
         mounts,
         populate_dev,
         devices,
-        masked_paths,
-        readonly_paths,
-        readonly_root,
-        sysctl,
+        namespaces,
         ..
     } = setup;
     ctx(
@@ -316,7 +419,30 @@ pub(crate) fn setup_filesystem(
         || "making / private".to_string(),
     )?;
     for m in mounts {
-        do_mount(sys, m)?;
+        let late = of_a_new_namespace(m, namespaces);
+        match phase {
+            FsPhase::All => do_mount(sys, m)?,
+            FsPhase::BeforeUserNs if !late => {
+                do_mount(sys, &owned_by_namespace_root(m, setup.id_mappings.as_ref()))?
+            }
+            // Its target is made now, while this helper may still write
+            // where the container's root may not (the image's directories);
+            // a proc or sysfs goes there too (see visible_under).
+            FsPhase::BeforeUserNs => {
+                ctx(sys.mkdir_all(&m.target), || {
+                    format!("mkdir {}", m.target.display())
+                })?;
+                if let Some(under) = visible_under(m) {
+                    do_mount(sys, &under)?;
+                }
+            }
+            FsPhase::InUserNs if late => do_mount(sys, &in_new_root(m, rootfs))?,
+            FsPhase::InUserNs => {}
+        }
+    }
+    if phase == FsPhase::InUserNs {
+        // The root was finished before the user namespace (root_last).
+        return finish_filesystem(sys, setup);
     }
     if *populate_dev {
         for d in default_devices() {
@@ -337,6 +463,130 @@ pub(crate) fn setup_filesystem(
     ctx(sys.pivot_root(rootfs), || {
         format!("pivot_root to {}", rootfs.display())
     })?;
+    if phase == FsPhase::BeforeUserNs {
+        // A user namespace could not remount its locked root read-only:
+        // the root is finished now.
+        return root_last(sys, setup, cwd);
+    }
+    finish_filesystem(sys, setup)?;
+    root_last(sys, setup, cwd)
+}
+
+/// Which part of the container's filesystem [`setup_filesystem`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsPhase {
+    /// Everything, in the container process.
+    All,
+    /// With a new user namespace, before it is made: the mounts that
+    /// belong to no namespace made after it, /dev, the createContainer
+    /// hooks and pivot_root.
+    BeforeUserNs,
+    /// With a new user namespace, in the container process (in the new
+    /// root): the mounts of its new namespaces, then the rest.
+    InUserNs,
+}
+
+/// Whether `m` is a filesystem of a namespace the container makes (proc of
+/// its pid namespace, mqueue of its IPC one, its devpts, sysfs of a new
+/// network namespace, the cgroup filesystem of a new cgroup namespace):
+/// with a new user namespace those are mounted from inside it.
+fn of_a_new_namespace(m: &MountStep, namespaces: &[NsPlan]) -> bool {
+    let new = |flag: i32| {
+        namespaces
+            .iter()
+            .any(|n| n.flag == flag && n.path.is_none())
+    };
+    match m.fstype.as_deref() {
+        Some("proc") | Some("mqueue") | Some("devpts") => true,
+        Some("sysfs") => new(libc::CLONE_NEWNET),
+        Some("cgroup") | Some("cgroup2") => new(libc::CLONE_NEWCGROUP),
+        _ => false,
+    }
+}
+
+/// A tmpfs mounted for a container with a new user namespace, before that
+/// namespace exists, is owned as if mounted from inside it: by the ids its
+/// root maps to (or the ids its `uid=`/`gid=` options name, mapped).
+fn owned_by_namespace_root(m: &MountStep, maps: Option<&IdMappings>) -> MountStep {
+    let (Some(maps), Some("tmpfs")) = (maps, m.fstype.as_deref()) else {
+        return m.clone();
+    };
+    let host = |list: &[IdMap], id: u32| {
+        list.iter().find_map(|x| {
+            let off = id.checked_sub(x.container_id)?;
+            (off < x.size).then(|| x.host_id + off)
+        })
+    };
+    let mut opts: Vec<String> = m
+        .data
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_string)
+        .collect();
+    for (key, list) in [("uid=", &maps.uid), ("gid=", &maps.gid)] {
+        let given = opts.iter().position(|o| o.starts_with(key));
+        let id = given
+            .and_then(|i| opts[i][key.len()..].parse::<u32>().ok())
+            .unwrap_or(0);
+        if let Some(h) = host(list, id) {
+            let o = format!("{key}{h}");
+            match given {
+                Some(i) => opts[i] = o,
+                None => opts.push(o),
+            }
+        }
+    }
+    MountStep {
+        data: Some(opts.join(",")),
+        ..m.clone()
+    }
+}
+
+/// The kernel lets a user namespace mount a new proc or sysfs only where
+/// the mount namespace already shows one whole (`mount_too_revealing`);
+/// after pivot_root this one has none. So one is mounted first, from the
+/// guest's own namespaces, where the container's goes on top of it: a
+/// proc that shows only the processes of the caller's own uid
+/// (`hidepid=2`: the container's), a sysfs of the guest's. Without
+/// nosuid, noexec, nodev or ro: the kernel requires the new mount to be
+/// at least as strict as the one it covers.
+fn visible_under(m: &MountStep) -> Option<MountStep> {
+    let data = match m.fstype.as_deref() {
+        Some("proc") => Some("hidepid=2".to_string()),
+        Some("sysfs") => None,
+        _ => return None,
+    };
+    Some(MountStep {
+        source: m.source.clone(),
+        target: m.target.clone(),
+        fstype: m.fstype.clone(),
+        flags: 0,
+        data,
+        bind: false,
+        remount_flags: None,
+        propagation: None,
+    })
+}
+
+/// `m` with its target where it is once the root is `rootfs`.
+fn in_new_root(m: &MountStep, rootfs: &Path) -> MountStep {
+    let rel = m.target.strip_prefix(rootfs).unwrap_or(&m.target);
+    MountStep {
+        target: Path::new("/").join(rel),
+        ..m.clone()
+    }
+}
+
+/// What follows pivot_root: sysctls, masked and read-only paths.
+fn finish_filesystem(sys: &dyn Syscall, setup: &CreateSetup) -> R<()> {
+    let CreateSetup {
+        masked_paths,
+        readonly_paths,
+        sysctl,
+        ..
+    } = setup;
     // As runc: sysctls (checked by the agent to be of the container's own
     // namespaces) through the container's /proc, before /proc/sys is made
     // read-only.
@@ -353,13 +603,18 @@ pub(crate) fn setup_filesystem(
     for p in readonly_paths {
         readonly(sys, p)?;
     }
+    Ok(())
+}
+
+/// Last in the new root: the init's cwd, then the read-only root.
+fn root_last(sys: &dyn Syscall, setup: &CreateSetup, cwd: &Path) -> R<()> {
     // As runc: the init's cwd is created when the image lacks it (inside
     // the new root, so `..` and symlinks stay in it). A failure shows up
     // as the chdir's.
     if sys.is_dir(cwd).is_err() {
         let _ = sys.mkdir_all(cwd);
     }
-    if *readonly_root {
+    if setup.readonly_root {
         ctx(
             sys.mount(
                 None,
@@ -396,23 +651,57 @@ fn do_mount(sys: &dyn Syscall, m: &MountStep) -> R<()> {
     } else {
         mkdir(&m.target)?;
     }
-    ctx(
-        sys.mount(
-            m.source.as_deref(),
-            &m.target,
-            m.fstype.as_deref(),
-            MsFlags::from_bits_truncate(m.flags),
-            m.data.as_deref(),
-        ),
-        || {
-            format!(
-                "mount {} on {} ({})",
-                m.fstype.as_deref().unwrap_or("bind"),
-                m.target.display(),
-                m.data.as_deref().unwrap_or("")
+    let mounted = sys.mount(
+        m.source.as_deref(),
+        &m.target,
+        m.fstype.as_deref(),
+        MsFlags::from_bits_truncate(m.flags),
+        m.data.as_deref(),
+    );
+    let guest_copy = match m.fstype.as_deref() {
+        Some("sysfs") => Some(Path::new("/sys")),
+        Some("cgroup") | Some("cgroup2") => Some(Path::new("/sys/fs/cgroup")),
+        _ => None,
+    };
+    let mounted = match (mounted, guest_copy) {
+        // A new sysfs needs the network namespace to be the user
+        // namespace's own, a new cgroup filesystem the cgroup namespace;
+        // in a user namespace without them (a pod's network joined, no
+        // cgroup namespace) they are not: the guest's own is bound instead,
+        // as runc does, read-only when asked.
+        (Err(e), Some(source)) if e.raw_os_error() == Some(libc::EPERM) => {
+            let flags = MsFlags::from_bits_truncate(m.flags);
+            sys.mount(
+                Some(source),
+                &m.target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
             )
-        },
-    )?;
+            .and_then(|()| {
+                if flags.contains(MsFlags::MS_RDONLY) {
+                    sys.mount(
+                        None,
+                        &m.target,
+                        None,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                        None,
+                    )
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        (r, _) => r,
+    };
+    ctx(mounted, || {
+        format!(
+            "mount {} on {} ({})",
+            m.fstype.as_deref().unwrap_or("bind"),
+            m.target.display(),
+            m.data.as_deref().unwrap_or("")
+        )
+    })?;
     if let Some(f) = m.remount_flags {
         ctx(
             sys.mount(None, &m.target, None, MsFlags::from_bits_truncate(f), None),
@@ -436,9 +725,20 @@ fn make_device(sys: &dyn Syscall, rootfs: &Path, d: &DeviceNode) -> R<()> {
             format!("mkdir {}", parent.display())
         })?;
     }
-    ctx(sys.make_device(&path, d), || {
-        format!("mknod {}", d.path.display())
-    })
+    match sys.make_device(&path, d) {
+        // In a user namespace mknod is not allowed: the guest's own node
+        // of that path is bound in, as runc does.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            ctx(sys.create_file(&path), || {
+                format!("create {}", path.display())
+            })?;
+            ctx(
+                sys.mount(Some(&d.path), &path, None, MsFlags::MS_BIND, None),
+                || format!("binding {} (mknod is not allowed here)", d.path.display()),
+            )
+        }
+        r => ctx(r, || format!("mknod {}", d.path.display())),
+    }
 }
 
 fn mask(sys: &dyn Syscall, p: &Path) -> R<()> {
@@ -656,6 +956,7 @@ fn exec(
     env: &[String],
     filter: Option<&Seccomp>,
     start_hooks: Option<&GuestHooks>,
+    extra_fds: u32,
 ) -> R<Infallible> {
     match recv(sock) {
         Ok(Some((Msg::Start, _))) => {}
@@ -701,6 +1002,7 @@ fn exec(
         sock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    let sock = place_extra_fds(sock, extra_fds)?;
     if let Some(f) = filter.filter(|_| p.no_new_privileges) {
         if let Err(e) = f.install() {
             let _ = send(sock, &Msg::Error { message: e }, None);
@@ -717,6 +1019,32 @@ fn exec(
         None,
     );
     std::process::exit(127);
+}
+
+/// Moves the process's extra descriptors from where the helper got them
+/// ([`EXTRA_FDS_AT`]..) to 3.., the sync socket (3) out of their way
+/// first. Returns where the sync socket is now.
+fn place_extra_fds(sock: RawFd, n: u32) -> R<RawFd> {
+    if n == 0 {
+        return Ok(sock);
+    }
+    let n = n as RawFd;
+    let sock = ctx(
+        nix::fcntl::fcntl(
+            sock,
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(EXTRA_FDS_AT + n),
+        ),
+        || "moving the sync socket".to_string(),
+    )?;
+    // Upwards: each source (EXTRA_FDS_AT + i = 4 + i) is read before a
+    // later step writes over it.
+    for i in 0..n {
+        ctx(nix::unistd::dup2(EXTRA_FDS_AT + i, 3 + i), || {
+            format!("placing descriptor {}", 3 + i)
+        })?;
+    }
+    let _ = nix::unistd::close(EXTRA_FDS_AT + n - 1);
+    Ok(sock)
 }
 
 /// The home directory of `uid` in an /etc/passwd text, or `/`.
@@ -764,7 +1092,152 @@ mod tests {
             readonly_root: true,
             sysctl: Vec::new(),
             hooks: Default::default(),
+            id_mappings: None,
         }
+    }
+
+    #[test]
+    fn with_a_new_user_namespace_the_root_is_made_before_it_and_its_own_filesystems_inside() {
+        let r = Path::new("/run/ampoule/containers/c/rootfs");
+        let m: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
+            r#"[
+            {"destination":"/proc","type":"proc","source":"proc"},
+            {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]},
+            {"destination":"/dev/pts","type":"devpts","source":"devpts","options":["gid=5"]},
+            {"destination":"/sys","type":"sysfs","source":"sysfs","options":["ro"]}
+        ]"#,
+        )
+        .expect("mounts");
+        let steps = mounts::plan(&m, r, mounts::BindSources::AsWritten).expect("plan");
+        let mut setup = ro_root_setup(r, Path::new("/b"));
+        setup.mounts = steps;
+        setup.readonly_root = false;
+        setup.masked_paths = vec![];
+        setup.readonly_paths = vec![];
+        setup.namespaces = vec![
+            NsPlan {
+                flag: libc::CLONE_NEWUSER,
+                path: None,
+            },
+            NsPlan {
+                flag: libc::CLONE_NEWNET,
+                path: None,
+            },
+        ];
+        let one = |c: u32, h: u32| IdMap {
+            container_id: c,
+            host_id: h,
+            size: 65536,
+        };
+        setup.id_mappings = Some(IdMappings {
+            uid: vec![one(0, 100000)],
+            gid: vec![one(0, 200000)],
+        });
+        let before = Recording::default();
+        setup_filesystem(
+            &before,
+            &setup,
+            Path::new("/"),
+            &mut || Ok(()),
+            FsPhase::BeforeUserNs,
+        )
+        .expect("before");
+        let calls = before.calls();
+        let mounted: Vec<(Option<String>, PathBuf, Option<String>)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    fstype: Some(t),
+                    target,
+                    data,
+                    ..
+                } => Some((Some(t.clone()), target.clone(), data.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            mounted,
+            vec![
+                (
+                    Some("proc".to_string()),
+                    r.join("proc"),
+                    Some("hidepid=2".to_string())
+                ),
+                (
+                    Some("tmpfs".to_string()),
+                    r.join("dev"),
+                    Some("mode=755,uid=100000,gid=200000".to_string())
+                ),
+                (Some("sysfs".to_string()), r.join("sys"), None),
+            ],
+            "/dev owned by the namespace's root; under the container's own proc \
+             and sysfs, ones the kernel lets it mount over, proc showing only its uid"
+        );
+        assert!(calls.contains(&Call::MkdirAll(r.join("proc"))), "{calls:?}");
+        assert!(calls.contains(&Call::PivotRoot(r.to_path_buf())));
+        let inside = Recording::default();
+        setup_filesystem(
+            &inside,
+            &setup,
+            Path::new("/"),
+            &mut || Ok(()),
+            FsPhase::InUserNs,
+        )
+        .expect("inside");
+        let calls = inside.calls();
+        let targets: Vec<(String, PathBuf)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    fstype: Some(t),
+                    target,
+                    ..
+                } => Some((t.clone(), target.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                ("proc".to_string(), PathBuf::from("/proc")),
+                ("devpts".into(), PathBuf::from("/dev/pts")),
+                ("sysfs".into(), PathBuf::from("/sys")),
+            ],
+            "in the new root, after the user namespace"
+        );
+        assert!(!calls.iter().any(|c| matches!(c, Call::PivotRoot(_))));
+    }
+
+    #[test]
+    fn in_a_user_namespace_devices_are_bound_from_the_guest_and_sysfs_becomes_a_read_only_bind() {
+        let rec = Recording {
+            eperm: vec!["mknod", "sysfs", "cgroup2"],
+            ..Default::default()
+        };
+        let r = Path::new("/run/ampoule/containers/c/rootfs");
+        let null = mounts::default_devices()
+            .into_iter()
+            .find(|d| d.path == Path::new("/dev/null"))
+            .expect("/dev/null");
+        make_device(&rec, r, &null).expect("bound instead");
+        let m: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
+            r#"[{"destination":"/sys","type":"sysfs","source":"sysfs","options":["nosuid","ro"]}]"#,
+        )
+        .expect("mounts");
+        let steps = mounts::plan(&m, r, mounts::BindSources::AsWritten).expect("plan");
+        do_mount(&rec, &steps[0]).expect("bound instead");
+        let calls = rec.calls();
+        let dev = r.join("dev/null");
+        assert!(calls.contains(&Call::CreateFile(dev.clone())), "{calls:?}");
+        assert!(calls.iter().any(
+            |c| matches!(c, Call::Mount { source: Some(s), target, flags, .. }
+            if s == Path::new("/dev/null") && *target == dev && flags.contains(MsFlags::MS_BIND))
+        ));
+        let sys = r.join("sys");
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { source: Some(s), target, flags, .. }
+            if s == Path::new("/sys") && *target == sys && flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC))));
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { source: None, target, flags, .. }
+            if *target == sys && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY))));
     }
 
     fn is_ro_root_remount(c: &Call) -> bool {
@@ -786,7 +1259,14 @@ mod tests {
         rec.set_dir("/proc/sys");
         rec.set_file("/proc/kcore", "");
         let setup = ro_root_setup(r, b);
-        setup_filesystem(&rec, &setup, Path::new("/work"), &mut || Ok(())).expect("setup");
+        setup_filesystem(
+            &rec,
+            &setup,
+            Path::new("/work"),
+            &mut || Ok(()),
+            FsPhase::All,
+        )
+        .expect("setup");
         let calls = rec.calls();
         let at = |c: &Call| calls.iter().position(|x| x == c);
         let remount = calls
@@ -849,7 +1329,8 @@ mod tests {
         rec.set_dir("/");
         let mut setup = ro_root_setup(r, b);
         setup.readonly_root = false;
-        setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(())).expect("setup");
+        setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(()), FsPhase::All)
+            .expect("setup");
         let calls = rec.calls();
         assert!(!calls.iter().any(is_ro_root_remount), "{calls:#?}");
         assert!(!calls.contains(&Call::MkdirAll(PathBuf::from("/"))));
@@ -859,8 +1340,8 @@ mod tests {
     fn a_missing_bind_source_fails_before_anything_is_created_for_it() {
         let rec = Recording::default();
         let setup = ro_root_setup(Path::new("/r"), Path::new("/b"));
-        let e =
-            setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(())).expect_err("no sources");
+        let e = setup_filesystem(&rec, &setup, Path::new("/"), &mut || Ok(()), FsPhase::All)
+            .expect_err("no sources");
         assert!(e.contains("bind mount source /b/h/resolv.conf"), "{e}");
         let calls = rec.calls();
         assert!(!calls.iter().any(is_ro_root_remount));
@@ -879,10 +1360,16 @@ mod tests {
         rec.set_dir("/b/h/shm");
         let setup = ro_root_setup(r, b);
         let mut seen = None;
-        setup_filesystem(&rec, &setup, Path::new("/"), &mut || {
-            seen = Some(rec.calls());
-            Ok(())
-        })
+        setup_filesystem(
+            &rec,
+            &setup,
+            Path::new("/"),
+            &mut || {
+                seen = Some(rec.calls());
+                Ok(())
+            },
+            FsPhase::All,
+        )
         .expect("setup");
         let before = seen.expect("the hooks ran");
         let calls = rec.calls();
@@ -911,9 +1398,13 @@ mod tests {
         rec.set_dir("/b/h/sa");
         rec.set_dir("/b/h/shm");
         let setup = ro_root_setup(Path::new("/r"), b);
-        let e = setup_filesystem(&rec, &setup, Path::new("/"), &mut || {
-            Err("createContainer hook \"/h\" failed (exit status 1)".into())
-        })
+        let e = setup_filesystem(
+            &rec,
+            &setup,
+            Path::new("/"),
+            &mut || Err("createContainer hook \"/h\" failed (exit status 1)".into()),
+            FsPhase::All,
+        )
         .expect_err("the hook fails the setup");
         assert!(e.contains("createContainer hook"), "{e}");
         let calls = rec.calls();

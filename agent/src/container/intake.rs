@@ -30,6 +30,8 @@ pub struct ContainerSpec {
     /// create with its reason rather than in the helper.
     pub seccomp: Option<seccomp::Plan>,
     pub sysctl: Vec<(String, String)>,
+    /// The ID mappings of a new user namespace.
+    pub id_mappings: Option<process::IdMappings>,
 }
 
 /// Parses and checks container `id`'s `config.json`.
@@ -82,6 +84,7 @@ pub fn container_spec(id: &str, oci_spec: &[u8]) -> Result<ContainerSpec, Contai
     for (key, _) in &sysctl {
         check_sysctl(key, &namespaces)?;
     }
+    let id_mappings = id_mappings(id, &linux, &namespaces)?;
     Ok(ContainerSpec {
         spec,
         linux,
@@ -96,7 +99,42 @@ pub fn container_spec(id: &str, oci_spec: &[u8]) -> Result<ContainerSpec, Contai
         resource_writes,
         seccomp,
         sysctl,
+        id_mappings,
     })
+}
+
+/// The mappings a new user namespace is made with. Mappings need a user
+/// namespace; a namespace joined by path has its own, so any given are
+/// not applied.
+fn id_mappings(
+    id: &str,
+    linux: &oci_spec::runtime::Linux,
+    namespaces: &[NsPlan],
+) -> Result<Option<process::IdMappings>, ContainerError> {
+    let uid = linux.uid_mappings().clone().unwrap_or_default();
+    let gid = linux.gid_mappings().clone().unwrap_or_default();
+    let user = namespaces.iter().find(|n| n.flag == libc::CLONE_NEWUSER);
+    match user {
+        None if uid.is_empty() && gid.is_empty() => Ok(None),
+        None => Err(ContainerError::InvalidArgument(
+            "linux.uidMappings and gidMappings need a user namespace in linux.namespaces".into(),
+        )),
+        Some(NsPlan { path: Some(_), .. }) => {
+            if !uid.is_empty() || !gid.is_empty() {
+                log_ignored(
+                    id,
+                    &[support::Ignored {
+                        field: "linux.uidMappings",
+                        why: "the user namespace is joined by path and keeps its own mappings",
+                    }],
+                );
+            }
+            Ok(None)
+        }
+        Some(NsPlan { path: None, .. }) => process::IdMappings::from_spec(&uid, &gid)
+            .map(Some)
+            .map_err(ContainerError::InvalidArgument),
+    }
 }
 
 /// The mounts of `spec` over a root at `rootfs`, their bind sources taken
@@ -123,4 +161,56 @@ pub fn process_spec(container_id: &str, json: &[u8]) -> Result<ProcessPlan, Cont
     let plan = process::plan(&oci)?;
     log_ignored(container_id, &support::check_process(&oci)?);
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(linux: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": linux
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn a_new_user_namespace_takes_the_specs_mappings_and_mappings_need_one() {
+        let maps = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        let c = container_spec(
+            "c",
+            &spec(serde_json::json!({
+                "namespaces": [{"type": "user"}, {"type": "mount"}],
+                "uidMappings": maps, "gidMappings": maps
+            })),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = c.id_mappings.expect("mappings");
+        assert_eq!((m.uid[0].host_id, m.gid[0].size), (100000, 65536));
+        let no_maps = container_spec(
+            "c",
+            &spec(serde_json::json!({"namespaces": [{"type": "user"}]})),
+        );
+        assert!(no_maps.is_err());
+        let no_userns = container_spec(
+            "c",
+            &spec(serde_json::json!({"namespaces": [], "uidMappings": maps, "gidMappings": maps})),
+        );
+        assert!(no_userns.is_err());
+        let joined = container_spec(
+            "c",
+            &spec(serde_json::json!({
+                "namespaces": [{"type": "user", "path": "/proc/1/ns/user"}],
+                "uidMappings": maps, "gidMappings": maps
+            })),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            joined.id_mappings.is_none(),
+            "a joined namespace keeps its own"
+        );
+    }
 }

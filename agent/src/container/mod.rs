@@ -107,6 +107,28 @@ impl From<support::Unsupported> for ContainerError {
     }
 }
 
+/// Relays one extra descriptor of a process and the host's stream for it:
+/// host bytes into a descriptor the process reads, its bytes out of one it
+/// writes, both ways for a socket. Neither end waits for the process's
+/// exit: each copy ends at its source's end.
+async fn pump_extra(mode: api::ExtraFdMode, conn: oneshot::Receiver<VsockStream>, fd: FdStream) {
+    match mode {
+        api::ExtraFdMode::EXTRA_FD_READ => {
+            // Never closed early: the host's end of the stream ends it.
+            let (_keep, never) = oneshot::channel();
+            pump_input(conn, fd, never).await;
+        }
+        api::ExtraFdMode::EXTRA_FD_WRITE => {
+            pump_output(fd, conn, watch::channel(false).0).await;
+        }
+        api::ExtraFdMode::EXTRA_FD_READ_WRITE => {
+            let Ok(mut conn) = conn.await else { return };
+            let mut fd = fd;
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut fd).await;
+        }
+    }
+}
+
 /// Logs the fields of a spec that are present but deliberately not applied.
 pub(crate) fn log_ignored(container: &str, ignored: &[support::Ignored]) {
     for i in ignored {
@@ -228,11 +250,59 @@ struct StdioEnds {
     stdin_w: Option<OwnedFd>,
     stdout_r: Option<OwnedFd>,
     stderr_r: Option<OwnedFd>,
+    /// The agent's end of each extra descriptor, with its number and mode.
+    extra: Vec<(u32, api::ExtraFdMode, OwnedFd)>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ContainerError::Internal(format!("pipe: {e}")))
+}
+
+/// The extra descriptors' ends: a pipe for one the process reads or
+/// writes, a stream socket pair for one it uses both ways. They must be
+/// 3, 4, ... in order (`--preserve-fds`), at most MAX_EXTRA_FDS.
+fn extra_ends(want: &api::StdioConfig, ends: &mut StdioEnds) -> Result<(), ContainerError> {
+    if want.extra_fds.len() > api::MAX_EXTRA_FDS as usize {
+        return Err(ContainerError::InvalidArgument(format!(
+            "{} extra descriptors, at most {}",
+            want.extra_fds.len(),
+            api::MAX_EXTRA_FDS
+        )));
+    }
+    for (i, x) in want.extra_fds.iter().enumerate() {
+        if x.fd != 3 + i as u32 {
+            return Err(ContainerError::InvalidArgument(format!(
+                "extra descriptor {} given where {} was due (they are 3, 4, ... in order)",
+                x.fd,
+                3 + i
+            )));
+        }
+        let mode = x.mode.enum_value().map_err(|v| {
+            ContainerError::InvalidArgument(format!("extra descriptor {}: mode {v}", x.fd))
+        })?;
+        let (child, ours) = match mode {
+            // (the process's end, the agent's end)
+            api::ExtraFdMode::EXTRA_FD_READ => pipe()?,
+            api::ExtraFdMode::EXTRA_FD_WRITE => {
+                let (r, w) = pipe()?;
+                (w, r)
+            }
+            api::ExtraFdMode::EXTRA_FD_READ_WRITE => {
+                let (a, b) = nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::Stream,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| ContainerError::Internal(format!("socketpair: {e}")))?;
+                (a, b)
+            }
+        };
+        ends.child.extra.push(child);
+        ends.extra.push((x.fd, mode, ours));
+    }
+    Ok(())
 }
 
 fn stdio_ends(want: &api::StdioConfig, terminal: bool) -> Result<StdioEnds, ContainerError> {
@@ -241,11 +311,14 @@ fn stdio_ends(want: &api::StdioConfig, terminal: bool) -> Result<StdioEnds, Cont
             stdin: Stdio::null(),
             stdout: Stdio::null(),
             stderr: Stdio::null(),
+            extra: Vec::new(),
         },
         stdin_w: None,
         stdout_r: None,
         stderr_r: None,
+        extra: Vec::new(),
     };
+    extra_ends(want, &mut ends)?;
     if terminal {
         return Ok(ends);
     }
@@ -267,7 +340,7 @@ fn stdio_ends(want: &api::StdioConfig, terminal: bool) -> Result<StdioEnds, Cont
     Ok(ends)
 }
 
-/// Maps OCI namespaces to clone flags; user namespaces are refused.
+/// Maps OCI namespaces to clone flags (the time namespace is refused).
 pub fn namespace_plan(
     namespaces: &[oci_spec::runtime::LinuxNamespace],
 ) -> Result<Vec<NsPlan>, ContainerError> {
@@ -281,11 +354,7 @@ pub fn namespace_plan(
             T::Ipc => libc::CLONE_NEWIPC,
             T::Uts => libc::CLONE_NEWUTS,
             T::Cgroup => libc::CLONE_NEWCGROUP,
-            T::User => {
-                return Err(ContainerError::InvalidArgument(
-                    "user namespaces are not supported by the Ampoule agent".into(),
-                ))
-            }
+            T::User => libc::CLONE_NEWUSER,
             other => {
                 return Err(ContainerError::InvalidArgument(format!(
                     "namespace {other:?} is not supported by the Ampoule agent"
@@ -485,6 +554,7 @@ impl Manager {
             resource_writes: writes,
             seccomp,
             sysctl,
+            id_mappings,
         } = intake::container_spec(&id, &req.oci_spec)?;
 
         let shared_root = Path::new(api::SHARED_FS_GUEST_DIR);
@@ -580,10 +650,12 @@ impl Manager {
                 readonly_root,
                 sysctl,
                 hooks: guest_hooks,
+                id_mappings,
             })),
             cgroup: Some(cg.clone()),
             process: pplan.clone(),
             seccomp: seccomp.clone(),
+            extra_fds: req.stdio.extra_fds.len() as u32,
         };
 
         // Mount, cgroup, helper; undo on failure.
@@ -708,6 +780,11 @@ impl Manager {
                 input(w)?;
             }
         }
+        for (fd, mode, ours) in ends.extra {
+            let conn = self.router.expect(key(StreamKind::Extra(fd)));
+            let stream = FdStream::new(ours).map_err(internal("extra descriptor"))?;
+            tokio::spawn(pump_extra(mode, conn, stream));
+        }
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit = launched.exit;
         let (cid, eid, pid) = (container_id.to_string(), exec_id.to_string(), launched.pid);
@@ -768,6 +845,7 @@ impl Manager {
             cgroup: Some(c.cgroup.clone()),
             process: pplan,
             seccomp: c.seccomp.clone(),
+            extra_fds: req.stdio.extra_fds.len() as u32,
         };
         let p = self
             .spawn_process(&c.id, &req.exec_id, cfg, &req.stdio, &c.cgroup)
@@ -1155,7 +1233,7 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_map_to_clone_flags_and_user_ns_is_refused() {
+    fn namespaces_map_to_clone_flags_and_time_ns_is_refused() {
         let ns: Vec<oci_spec::runtime::LinuxNamespace> = serde_json::from_str(
             r#"[{"type":"pid"},{"type":"network","path":"/proc/1/ns/net"},{"type":"mount"},{"type":"ipc"},{"type":"uts"},{"type":"cgroup"}]"#,
         )
@@ -1172,8 +1250,14 @@ mod tests {
         assert_eq!(p.len(), 6);
         let user: Vec<oci_spec::runtime::LinuxNamespace> =
             serde_json::from_str(r#"[{"type":"user"}]"#).expect("ns");
+        assert_eq!(
+            namespace_plan(&user).expect("user")[0].flag,
+            libc::CLONE_NEWUSER
+        );
+        let time: Vec<oci_spec::runtime::LinuxNamespace> =
+            serde_json::from_str(r#"[{"type":"time"}]"#).expect("ns");
         assert!(matches!(
-            namespace_plan(&user),
+            namespace_plan(&time),
             Err(ContainerError::InvalidArgument(_))
         ));
     }
@@ -1192,6 +1276,59 @@ mod tests {
         assert!(e.stdin_w.is_none() && e.stdout_r.is_none() && e.stderr_r.is_none());
         let e = stdio_ends(&api::StdioConfig::default(), false).expect("none");
         assert!(e.stdin_w.is_none() && e.stdout_r.is_none() && e.stderr_r.is_none());
+    }
+
+    #[test]
+    fn extra_descriptors_are_3_4_in_order_each_a_pipe_its_way_or_a_socket_pair() {
+        use std::io::{Read, Write};
+        let x = |fd: u32, mode: api::ExtraFdMode| api::ExtraFd {
+            fd,
+            mode: mode.into(),
+            ..Default::default()
+        };
+        let want = api::StdioConfig {
+            extra_fds: vec![
+                x(3, api::ExtraFdMode::EXTRA_FD_READ),
+                x(4, api::ExtraFdMode::EXTRA_FD_WRITE),
+                x(5, api::ExtraFdMode::EXTRA_FD_READ_WRITE),
+            ],
+            ..Default::default()
+        };
+        let mut e = stdio_ends(&want, true).expect("ends, with a terminal too");
+        assert_eq!(e.child.extra.len(), 3);
+        let numbers: Vec<u32> = e.extra.iter().map(|(fd, _, _)| *fd).collect();
+        assert_eq!(numbers, [3, 4, 5]);
+        // fd 3: the agent writes, the process reads.
+        let (_, _, ours) = e.extra.remove(0);
+        std::fs::File::from(ours).write_all(b"in").expect("write");
+        let mut got = [0u8; 2];
+        std::fs::File::from(e.child.extra.remove(0))
+            .read_exact(&mut got)
+            .expect("read");
+        assert_eq!(&got, b"in");
+        // fd 4: the process writes, the agent reads.
+        let (_, _, ours) = e.extra.remove(0);
+        std::fs::File::from(e.child.extra.remove(0))
+            .write_all(b"out")
+            .expect("write");
+        let mut got = [0u8; 3];
+        std::fs::File::from(ours)
+            .read_exact(&mut got)
+            .expect("read");
+        assert_eq!(&got, b"out");
+        // Out of order or too many: refused.
+        let gap = api::StdioConfig {
+            extra_fds: vec![x(4, api::ExtraFdMode::EXTRA_FD_READ)],
+            ..Default::default()
+        };
+        assert!(stdio_ends(&gap, false).is_err());
+        let many = api::StdioConfig {
+            extra_fds: (0..=api::MAX_EXTRA_FDS)
+                .map(|i| x(3 + i, api::ExtraFdMode::EXTRA_FD_READ))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(stdio_ends(&many, false).is_err());
     }
 
     #[test]

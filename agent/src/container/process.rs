@@ -203,6 +203,105 @@ pub struct CreateSetup {
     /// run by the container process.
     #[serde(default)]
     pub hooks: super::hooks::GuestHooks,
+    /// The ID mappings of a new user namespace, written by the agent once
+    /// the helper has made it (a process cannot map ids other than its own
+    /// into its own namespace).
+    #[serde(default)]
+    pub id_mappings: Option<IdMappings>,
+}
+
+/// One line of `/proc/PID/uid_map` or `gid_map`: `size` ids from
+/// `container_id` in the namespace are `host_id`.. in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+/// The uid and gid mappings of a user namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMappings {
+    pub uid: Vec<IdMap>,
+    pub gid: Vec<IdMap>,
+}
+
+/// Most lines a uid_map or gid_map takes (the kernel's limit).
+pub const MAX_ID_MAP_LINES: usize = 340;
+
+impl IdMappings {
+    /// `linux.uidMappings` and `gidMappings`, checked: both given, each
+    /// range of at least one id that does not wrap, at most
+    /// [`MAX_ID_MAP_LINES`] each, and no two ranges of one map overlapping
+    /// on either side (the kernel refuses such a map).
+    pub fn from_spec(
+        uid: &[oci_spec::runtime::LinuxIdMapping],
+        gid: &[oci_spec::runtime::LinuxIdMapping],
+    ) -> Result<IdMappings, String> {
+        let one = |what: &str, list: &[oci_spec::runtime::LinuxIdMapping]| {
+            if list.is_empty() {
+                return Err(format!(
+                    "a new user namespace needs linux.{what}Mappings (none given)"
+                ));
+            }
+            if list.len() > MAX_ID_MAP_LINES {
+                return Err(format!(
+                    "linux.{what}Mappings has {} ranges, at most {MAX_ID_MAP_LINES}",
+                    list.len()
+                ));
+            }
+            let maps: Vec<IdMap> = list
+                .iter()
+                .map(|m| IdMap {
+                    container_id: m.container_id(),
+                    host_id: m.host_id(),
+                    size: m.size(),
+                })
+                .collect();
+            for (i, m) in maps.iter().enumerate() {
+                let end = |start: u32| u64::from(start) + u64::from(m.size);
+                if m.size == 0 || end(m.container_id) > 1 << 32 || end(m.host_id) > 1 << 32 {
+                    return Err(format!(
+                        "linux.{what}Mappings[{i}] ({} {} {}) is empty or wraps",
+                        m.container_id, m.host_id, m.size
+                    ));
+                }
+                let overlaps = |a: u32, b: u32, size_b: u32| {
+                    u64::from(a) < u64::from(b) + u64::from(size_b)
+                        && u64::from(b) < u64::from(a) + u64::from(m.size)
+                };
+                if maps[..i].iter().any(|o| {
+                    overlaps(m.container_id, o.container_id, o.size)
+                        || overlaps(m.host_id, o.host_id, o.size)
+                }) {
+                    return Err(format!("linux.{what}Mappings[{i}] overlaps another range"));
+                }
+            }
+            Ok(maps)
+        };
+        Ok(IdMappings {
+            uid: one("uid", uid)?,
+            gid: one("gid", gid)?,
+        })
+    }
+
+    /// The text written to `uid_map` or `gid_map`.
+    pub fn map_text(maps: &[IdMap]) -> String {
+        maps.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+            .collect()
+    }
+
+    /// Writes the maps of process `pid`'s user namespace.
+    pub fn write_for(&self, pid: u32) -> Result<(), ProcessError> {
+        for (file, maps) in [("uid_map", &self.uid), ("gid_map", &self.gid)] {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, Self::map_text(maps)).map_err(|e| {
+                ProcessError::Helper(format!("writing {path} ({:?}): {e}", Self::map_text(maps)))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,16 +313,28 @@ pub struct HelperConfig {
     /// The container's `linux.seccomp`, for its init and every exec.
     #[serde(default)]
     pub seccomp: Option<super::seccomp::Plan>,
+    /// How many extra descriptors the helper was given at
+    /// [`EXTRA_FDS_AT`].. for the process's 3..
+    #[serde(default)]
+    pub extra_fds: u32,
 }
 
 /// Messages on the sync socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     Config(Box<HelperConfig>),
-    Pid { pid: i32 },
+    Pid {
+        pid: i32,
+    },
     Ready,
     Start,
-    Error { message: String },
+    Error {
+        message: String,
+    },
+    /// helper → agent: the new user namespace exists, map its ids.
+    MapIds,
+    /// agent → helper: the ids are mapped.
+    IdsMapped,
 }
 
 /// Sends one message, with `fd` attached when given.
@@ -297,12 +408,18 @@ fn set_timeout(sock: &OwnedFd, t: Duration) -> Result<(), ProcessError> {
     setsockopt(sock, sockopt::ReceiveTimeout, &tv).map_err(sys("SO_RCVTIMEO"))
 }
 
-/// The fds a process gets as stdin, stdout, stderr.
+/// The fds a process gets as stdin, stdout, stderr, and as its
+/// descriptors 3, 4, ... (`extra`, in order).
 pub struct ChildStdio {
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
+    pub extra: Vec<OwnedFd>,
 }
+
+/// Where the helper receives the process's extra descriptors: 4, 5, ...
+/// (the sync socket is 3); it moves them to 3, 4, ... right before exec.
+pub const EXTRA_FDS_AT: RawFd = SYNC_FD + 1;
 
 /// A process created and held before exec.
 pub struct Launched {
@@ -330,6 +447,14 @@ pub fn launch(
     .map_err(sys("socketpair"))?;
     set_timeout(&ours, timeout)?;
     let theirs_raw = theirs.as_raw_fd();
+    if stdio.extra.len() > ampoule_agent_api::MAX_EXTRA_FDS as usize {
+        return Err(ProcessError::Helper(format!(
+            "{} extra descriptors, at most {}",
+            stdio.extra.len(),
+            ampoule_agent_api::MAX_EXTRA_FDS
+        )));
+    }
+    let extra: Vec<RawFd> = stdio.extra.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(crate::HELPER_ARG)
         .env_clear()
@@ -340,6 +465,17 @@ pub fn launch(
     // async-signal-safe functions (dup2, fcntl) on fds that exist.
     unsafe {
         cmd.pre_exec(move || {
+            // The extra descriptors first go above everything they could
+            // collide with, then to their places after the sync socket.
+            let base = EXTRA_FDS_AT + extra.len() as RawFd + 16;
+            let mut moved = [0 as RawFd; ampoule_agent_api::MAX_EXTRA_FDS as usize];
+            for (i, fd) in extra.iter().enumerate() {
+                let m = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, base);
+                if m < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved[i] = m;
+            }
             if theirs_raw == SYNC_FD {
                 if libc::fcntl(SYNC_FD, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -347,14 +483,24 @@ pub fn launch(
             } else if libc::dup2(theirs_raw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            for (i, m) in moved.iter().take(extra.len()).enumerate() {
+                if libc::dup2(*m, EXTRA_FDS_AT + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-    let (_child, _helper_exit) = reaper
+    let id_mappings = match &cfg.setup {
+        Setup::Create(c) => c.id_mappings.clone(),
+        Setup::Exec { .. } => None,
+    };
+    let (child, _helper_exit) = reaper
         .spawn(&mut cmd)
         .map_err(|e| ProcessError::Helper(e.to_string()))?;
     drop(cmd);
     drop(theirs);
+    drop(stdio.extra);
     tracing::debug!(uptime_ms = crate::sysinfo::uptime_ms(), "helper spawned");
     send(ours.as_raw_fd(), &Msg::Config(Box::new(cfg)), None)?;
     let mut pid = None;
@@ -378,6 +524,13 @@ pub fn launch(
             Some((Msg::Ready, fd)) => {
                 ready = true;
                 pty_master = fd;
+            }
+            Some((Msg::MapIds, _)) => {
+                let maps = id_mappings.as_ref().ok_or_else(|| {
+                    ProcessError::Helper("the helper asked for ID mappings it was not given".into())
+                })?;
+                maps.write_for(child.id())?;
+                send(ours.as_raw_fd(), &Msg::IdsMapped, None)?;
             }
             Some((Msg::Error { message }, _)) => return Err(ProcessError::Helper(message)),
             Some((other, _)) => {
@@ -412,6 +565,39 @@ pub fn start(sync: &OwnedFd, timeout: Duration) -> Result<(), ProcessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn idmaps(json: &str) -> Vec<oci_spec::runtime::LinuxIdMapping> {
+        serde_json::from_str(json).expect("mappings")
+    }
+
+    #[test]
+    fn id_mappings_need_both_lists_non_empty_ranges_that_do_not_wrap_or_overlap() {
+        let one = idmaps(r#"[{"containerID": 0, "hostID": 100000, "size": 65536}]"#);
+        let m = IdMappings::from_spec(&one, &one).expect("valid");
+        assert_eq!(IdMappings::map_text(&m.uid), "0 100000 65536\n");
+        assert!(IdMappings::from_spec(&one, &[]).is_err(), "no gid mappings");
+        for bad in [
+            r#"[{"containerID": 0, "hostID": 1, "size": 0}]"#,
+            r#"[{"containerID": 4294967295, "hostID": 1, "size": 2}]"#,
+            r#"[{"containerID": 0, "hostID": 1000, "size": 10}, {"containerID": 5, "hostID": 5000, "size": 1}]"#,
+            r#"[{"containerID": 0, "hostID": 1000, "size": 10}, {"containerID": 50, "hostID": 1009, "size": 1}]"#,
+        ] {
+            assert!(IdMappings::from_spec(&idmaps(bad), &one).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_ID_MAP_LINES)
+            .map(|i| {
+                format!(
+                    r#"{{"containerID": {i}, "hostID": {}, "size": 1}}"#,
+                    1000 + i
+                )
+            })
+            .collect();
+        let many = idmaps(&format!("[{}]", many.join(",")));
+        assert!(
+            IdMappings::from_spec(&many, &one).is_err(),
+            "too many lines"
+        );
+    }
 
     fn process(json: &str) -> oci_spec::runtime::Process {
         parse(json.as_bytes()).expect("process json")

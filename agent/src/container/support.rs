@@ -87,18 +87,6 @@ pub fn check_process(p: &Process) -> Result<Vec<Ignored>, Unsupported> {
 /// have their own checks).
 pub fn check_linux(l: &Linux) -> Result<Vec<Ignored>, Unsupported> {
     let mut ignored = Vec::new();
-    if non_empty(l.uid_mappings()) {
-        return Err(refuse(
-            "linux.uidMappings",
-            "user namespaces are not supported by the Ampoule agent",
-        ));
-    }
-    if non_empty(l.gid_mappings()) {
-        return Err(refuse(
-            "linux.gidMappings",
-            "user namespaces are not supported by the Ampoule agent",
-        ));
-    }
     match l.rootfs_propagation().as_deref() {
         None | Some("") | Some("private") | Some("rprivate") => {}
         // The container's root is made rprivate. A slave of the guest's
@@ -341,14 +329,6 @@ mod tests {
     #[test]
     fn linux_fields_the_guest_cannot_apply_are_refused_by_name() {
         for (json, field) in [
-            (
-                serde_json::json!({"uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}),
-                "linux.uidMappings",
-            ),
-            (
-                serde_json::json!({"gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}),
-                "linux.gidMappings",
-            ),
             (
                 serde_json::json!({"rootfsPropagation": "rshared"}),
                 "linux.rootfsPropagation",

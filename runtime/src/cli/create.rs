@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ampoule_runtime::config::RootfsSharing;
 use ampoule_runtime::container::{self, rootfs, Bundle};
+use ampoule_runtime::pod::guest::FdMode;
 use ampoule_runtime::pod::record::SandboxRecord;
 use ampoule_runtime::pod::share_fs;
 use ampoule_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec};
@@ -71,6 +72,9 @@ pub struct MonitorArgs {
     pub bundle: PathBuf,
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
+    /// Descriptors 3.. that `create` was given and passed on.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
     pub id: String,
 }
 
@@ -134,13 +138,14 @@ fn load_bundle(dir: &Path) -> anyhow::Result<Bundle> {
 
 /// What `create` and `run` refuse before anything is recorded or booted,
 /// beyond what [`Bundle::load`] checks: extra fds and namespace paths.
-fn check_before_boot(a: &CreateArgs, bundle: &Bundle) -> anyhow::Result<()> {
-    super::extra_fds::check_own(a.preserve_fds, true)?;
+/// Returns the extra descriptors (`--preserve-fds`) with their modes.
+fn check_before_boot(a: &CreateArgs, bundle: &Bundle) -> anyhow::Result<Vec<(u32, FdMode)>> {
+    let extra = super::extra_fds::check_own(a.preserve_fds, true)?;
     container::namespaces::check_no_host_paths(&bundle.spec)
         .map_err(container::ContainerError::from)?;
     container::namespaces::check_own_network(&bundle.spec)
         .map_err(container::ContainerError::from)?;
-    Ok(())
+    Ok(extra)
 }
 
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
@@ -149,14 +154,21 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<i32> {
     if bundle.terminal() && a.console_socket.is_none() {
         anyhow::bail!("process.terminal is true: --console-socket is required with create");
     }
-    check_before_boot(&a, &bundle)?;
+    let extra = check_before_boot(&a, &bundle)?;
     let store = register(ctx, &a.id, &bundle)?;
     let spec_hooks = bundle.spec.hooks().as_ref();
     if let Err(e) = super::hooks::save(&store, &a.id, spec_hooks) {
         let _ = store.remove(&a.id);
         return Err(e);
     }
-    let pid = match spawn_monitor(ctx, &a.id, &bundle.dir, a.console_socket.as_deref()).await {
+    let monitor = spawn_monitor(
+        ctx,
+        &a.id,
+        &bundle.dir,
+        a.console_socket.as_deref(),
+        extra.len() as u32,
+    );
+    let pid = match monitor.await {
         Ok(pid) => pid,
         Err(e) => {
             let _ = store.remove(&a.id);
@@ -191,6 +203,7 @@ async fn spawn_monitor(
     id: &str,
     bundle: &Path,
     console: Option<&Path>,
+    preserve_fds: u32,
 ) -> anyhow::Result<u32> {
     let mut args = ctx.global_args();
     args.push("__monitor".into());
@@ -200,10 +213,14 @@ async fn spawn_monitor(
         args.push("--console-socket".into());
         args.push(c.into());
     }
+    if preserve_fds > 0 {
+        args.push(format!("--preserve-fds={preserve_fds}").into());
+    }
     args.push("--".into());
     args.push(id.into());
-    // With a console the container's stdio is the pty, not our fds.
-    stdio::spawn_detached(args, console.is_some()).await
+    // With a console the container's stdio is the pty, not our fds. The
+    // extra descriptors go to the monitor, which relays them.
+    stdio::spawn_detached(args, console.is_some(), preserve_fds).await
 }
 
 /// Host cgroup directories a create made, removed (deepest first) if the
@@ -233,6 +250,7 @@ async fn prepare(
     bundle: &Bundle,
     console: Option<&Path>,
     foreground: bool,
+    extra: &[(u32, FdMode)],
 ) -> anyhow::Result<Prepared> {
     let store = ctx.store();
     let state_dir = store.dir(id);
@@ -246,7 +264,8 @@ async fn prepare(
         ..Default::default()
     };
     let terminal = bundle.terminal();
-    let cfg = container::stdio_config(terminal);
+    let mut cfg = container::stdio_config(terminal);
+    cfg.extra = extra.to_vec();
     let mut binds_image = None;
     let image_files = match sharing {
         RootfsSharing::VirtioFs => {
@@ -321,7 +340,9 @@ async fn prepare(
     // The streams are opened while the agent creates the container: it
     // holds connections that arrive before the process exists.
     let (created, streams) = tokio::join!(
-        sandbox.guest().create_container(id, oci_spec, files, cfg),
+        sandbox
+            .guest()
+            .create_container(id, oci_spec, files, cfg.clone()),
         container::open_streams(sandbox.vsock_uds(), id, "", &cfg),
     );
     let created = match created {
@@ -517,7 +538,16 @@ pub async fn monitor(ctx: &Ctx, a: MonitorArgs) -> anyhow::Result<i32> {
     let mut notify = stdio::notify_pipe();
     let prepared = async {
         let bundle = load_bundle(&a.bundle)?;
-        prepare(ctx, &a.id, &bundle, a.console_socket.as_deref(), false).await
+        let extra = super::extra_fds::check_own(a.preserve_fds, false)?;
+        prepare(
+            ctx,
+            &a.id,
+            &bundle,
+            a.console_socket.as_deref(),
+            false,
+            &extra,
+        )
+        .await
     }
     .await;
     let p = match prepared {
@@ -555,10 +585,18 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     }
     state::validate_id(&c.id)?;
     let bundle = load_bundle(&c.bundle)?;
-    check_before_boot(&c, &bundle)?;
+    let extra = check_before_boot(&c, &bundle)?;
     let store = register(ctx, &c.id, &bundle)?;
     let spec_hooks = bundle.spec.hooks().clone().unwrap_or_default();
-    let p = match prepare(ctx, &c.id, &bundle, c.console_socket.as_deref(), true).await {
+    let prepared = prepare(
+        ctx,
+        &c.id,
+        &bundle,
+        c.console_socket.as_deref(),
+        true,
+        &extra,
+    );
+    let p = match prepared.await {
         Ok(p) => p,
         Err(e) => {
             let _ = store.remove(&c.id);

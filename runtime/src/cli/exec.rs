@@ -122,6 +122,9 @@ fn detach_args(ctx: &Ctx, a: &ExecArgs) -> Vec<std::ffi::OsString> {
         v.push("--user".into());
         v.push(u.into());
     }
+    if a.preserve_fds > 0 {
+        v.push(format!("--preserve-fds={}", a.preserve_fds).into());
+    }
     v.push(a.id.clone().into());
     if !a.args.is_empty() {
         v.push("--".into());
@@ -131,7 +134,7 @@ fn detach_args(ctx: &Ctx, a: &ExecArgs) -> Vec<std::ffi::OsString> {
 }
 
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
-    super::extra_fds::check_own(a.preserve_fds, false)?;
+    let extra = super::extra_fds::check_own(a.preserve_fds, false)?;
     let s = ctx.store().load(&a.id)?;
     let status = effective_status(&s);
     if !status.can_exec() {
@@ -142,7 +145,12 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     }
     let process = process_json(&a, &s.bundle)?;
     if a.detach {
-        let pid = stdio::spawn_detached(detach_args(ctx, &a), a.console_socket.is_some()).await?;
+        let pid = stdio::spawn_detached(
+            detach_args(ctx, &a),
+            a.console_socket.is_some(),
+            a.preserve_fds,
+        )
+        .await?;
         if let Some(p) = &a.pid_file {
             std::fs::write(p, pid.to_string())
                 .with_context(|| format!("cannot write {}", p.display()))?;
@@ -154,11 +162,12 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot reach the agent of container {}", a.id))?;
     let exec_id = format!("exec-{}", ampoule_runtime::sandbox::random_id());
-    let cfg = container::stdio_config(a.tty);
+    let mut cfg = container::stdio_config(a.tty);
+    cfg.extra = extra;
     // The streams are opened while the agent starts the process: it holds
     // connections that arrive first (and drops them if the exec fails).
     let (started, streams) = tokio::join!(
-        guest.exec(&a.id, &exec_id, process, cfg),
+        guest.exec(&a.id, &exec_id, process, cfg.clone()),
         container::open_streams(&s.vsock_uds, &a.id, &exec_id, &cfg),
     );
     if let Err(e) = started {

@@ -165,6 +165,8 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
+    // Before anything opens a descriptor of its own.
+    extra_fds::snapshot_inherited();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -326,7 +328,7 @@ mod tests {
         )
         .into();
         assert_eq!(exit_code(&e.context("create")), EXIT_NAMESPACE);
-        let e: anyhow::Error = extra_fds::ExtraFdsError::PreserveFds(1).into();
+        let e: anyhow::Error = extra_fds::ExtraFdsError::TooMany(100).into();
         assert_eq!(exit_code(&e), EXIT_CONFIG);
         let e: anyhow::Error = WrongState("stopped".into()).into();
         assert_eq!(exit_code(&e), EXIT_STATE);

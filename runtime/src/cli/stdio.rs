@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ampoule_runtime::container::Streams;
-use ampoule_runtime::pod::guest::Guest;
+use ampoule_runtime::pod::guest::{FdMode, Guest};
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -49,12 +49,14 @@ impl Relay {
     }
 }
 
-/// Relays the streams to our own stdin/stdout/stderr.
+/// Relays the streams to our own stdin/stdout/stderr (and the extra
+/// descriptors to ours of the same numbers).
 pub fn relay_own_stdio(streams: Streams) -> Relay {
     let mut r = Relay {
         outputs: Vec::new(),
         others: Vec::new(),
     };
+    relay_extra(streams.extra, &mut r);
     if let Some(s) = streams.stdin {
         let (_rd, wr) = s.into_split();
         r.others.push(tokio::spawn(pump(tokio::io::stdin(), wr)));
@@ -66,6 +68,93 @@ pub fn relay_own_stdio(streams: Streams) -> Relay {
         r.outputs.push(tokio::spawn(pump(s, tokio::io::stderr())));
     }
     r
+}
+
+/// Relays each extra descriptor (`--preserve-fds`) of this process, which
+/// it takes over (closed when its relay ends, so that a reader on the
+/// host sees the end), to its stream: what the process reads flows in,
+/// what it writes flows out, a socket both ways. Blocking copies on
+/// threads of their own: a host pipe need not be one tokio can poll, and a
+/// relay that never ends must not hold the runtime's shutdown. Output
+/// copies are waited for by [`Relay::finish`].
+fn relay_extra(extra: Vec<(u32, FdMode, tokio::net::UnixStream)>, r: &mut Relay) {
+    for (fd, mode, stream) in extra {
+        // SAFETY: `fd` is one of the descriptors --preserve-fds gave this
+        // process for the container; checked open before anything booted,
+        // and nothing else in the process uses or closes it.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        let stream = match stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(fd, error = %e, "extra descriptor relay");
+                continue;
+            }
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawn = |f: Box<dyn FnOnce() + Send>| {
+            let _ = std::thread::Builder::new()
+                .name(format!("fd{fd}-relay"))
+                .spawn(f);
+        };
+        match mode {
+            FdMode::Read => spawn(Box::new(move || {
+                copy_then_close_write(file, stream);
+                drop(done_tx);
+            })),
+            FdMode::Write => spawn(Box::new(move || {
+                copy_then_close_write(stream, file);
+                drop(done_tx);
+            })),
+            FdMode::ReadWrite => {
+                let (Ok(file2), Ok(stream2)) = (file.try_clone(), stream.try_clone()) else {
+                    tracing::warn!(fd, "extra descriptor relay: dup failed");
+                    continue;
+                };
+                spawn(Box::new(move || copy_then_close_write(file, stream)));
+                spawn(Box::new(move || {
+                    copy_then_close_write(stream2, file2);
+                    drop(done_tx);
+                }));
+            }
+        }
+        let wait = tokio::spawn(async move {
+            let _ = done_rx.await;
+        });
+        match mode {
+            FdMode::Read => r.others.push(wait),
+            FdMode::Write | FdMode::ReadWrite => r.outputs.push(wait),
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF, then shuts down `to`'s writing (a
+/// socket's write half; a file or pipe is closed by the drop).
+fn copy_then_close_write<R: Read, W: Write + ShutdownWrite>(mut from: R, mut to: W) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.flush();
+    to.shutdown_write();
+}
+
+/// Ending the writing side of a relay's destination.
+trait ShutdownWrite {
+    fn shutdown_write(&self);
+}
+
+impl ShutdownWrite for std::os::unix::net::UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl ShutdownWrite for std::fs::File {
+    fn shutdown_write(&self) {
+        // A socket given as an extra descriptor: end its writing too (a
+        // pipe or file ends when the last copy closes).
+        let _ = nix::sys::socket::shutdown(self.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
 }
 
 /// Relays the streams to a host pty (`slave` side; stdout carries the guest
@@ -81,6 +170,7 @@ pub fn relay_pty(
         outputs: Vec::new(),
         others: Vec::new(),
     };
+    relay_extra(streams.extra, &mut r);
     let rd = std::fs::File::from(slave.try_clone().context("dup pty")?);
     let wr = std::fs::File::from(slave.try_clone().context("dup pty")?);
     if let Some(s) = streams.stdin {
@@ -229,6 +319,7 @@ pub fn notify(pipe: &mut Option<std::fs::File>, line: &str) {
 pub async fn spawn_detached(
     args: Vec<std::ffi::OsString>,
     null_stdio: bool,
+    preserve_fds: u32,
 ) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the ampoule binary")?;
@@ -251,6 +342,15 @@ pub async fn spawn_detached(
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
             )
             .map_err(std::io::Error::from)?;
+            // The --preserve-fds descriptors, close-on-exec in this process
+            // (so that no VM process inherits them), go to the child.
+            for fd in 3..3 + preserve_fds as RawFd {
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )
+                .map_err(std::io::Error::from)?;
+            }
             Ok(())
         });
     }

@@ -6,7 +6,7 @@ pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 
-use crate::pod::guest::{ContainerFiles, Stdio};
+use crate::pod::guest::{ContainerFiles, FdMode, Stdio};
 use oci_spec::runtime::Spec;
 
 use crate::config::{self, Config};
@@ -495,6 +495,8 @@ pub struct Streams {
     pub stdin: Option<tokio::net::UnixStream>,
     pub stdout: Option<tokio::net::UnixStream>,
     pub stderr: Option<tokio::net::UnixStream>,
+    /// The extra descriptors' streams, with their number and mode.
+    pub extra: Vec<(u32, FdMode, tokio::net::UnixStream)>,
 }
 
 /// Where the agent finds a CLI container's files on the erofs path: the
@@ -513,6 +515,7 @@ pub fn stdio_config(terminal: bool) -> Stdio {
         stdout: true,
         stderr: !terminal,
         terminal,
+        extra: Vec::new(),
     }
 }
 
@@ -521,7 +524,11 @@ pub fn stdio_config(terminal: bool) -> Stdio {
 /// accepts on its own. The agent keeps a stream that arrives before its
 /// process exists, so this may run concurrently with the create or exec
 /// call.
-pub async fn open_each<E, F, Fut>(want: [bool; 3], connect: F) -> Result<Streams, E>
+pub async fn open_each<E, F, Fut>(
+    want: [bool; 3],
+    extra: &[(u32, FdMode)],
+    connect: F,
+) -> Result<Streams, E>
 where
     F: Fn(crate::vsock::StdioStream) -> Fut,
     Fut: std::future::Future<Output = Result<tokio::net::UnixStream, E>>,
@@ -536,15 +543,22 @@ where
             }
         }
     };
-    let (stdin, stdout, stderr) = tokio::try_join!(
+    let extras = futures::future::try_join_all(extra.iter().map(|(fd, mode)| {
+        let fut = connect(StdioStream::Extra(*fd));
+        let (fd, mode) = (*fd, *mode);
+        async move { fut.await.map(|s| (fd, mode, s)) }
+    }));
+    let (stdin, stdout, stderr, extra) = tokio::try_join!(
         open(want[0], StdioStream::Stdin),
         open(want[1], StdioStream::Stdout),
         open(want[2], StdioStream::Stderr),
+        extras,
     )?;
     Ok(Streams {
         stdin,
         stdout,
         stderr,
+        extra,
     })
 }
 
@@ -556,7 +570,7 @@ pub async fn open_streams(
     cfg: &Stdio,
 ) -> Result<Streams, crate::vsock::VsockError> {
     let t = std::time::Duration::from_secs(10);
-    open_each([cfg.stdin, cfg.stdout, cfg.stderr], |kind| {
+    open_each([cfg.stdin, cfg.stdout, cfg.stderr], &cfg.extra, |kind| {
         crate::vsock::connect_stdio(uds, container_id, exec_id, kind, t)
     })
     .await

@@ -20,12 +20,25 @@ const WAIT_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which stdio streams the host attaches to a process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stdio {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
     pub terminal: bool,
+    /// Descriptors beyond stdio (3, 4, ...), each a stream of its own.
+    pub extra: Vec<(u32, FdMode)>,
+}
+
+/// How a process uses an extra descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdMode {
+    /// It reads: host bytes flow in.
+    Read,
+    /// It writes: its bytes flow out.
+    Write,
+    /// Both ways.
+    ReadWrite,
 }
 
 impl From<Stdio> for api::StdioConfig {
@@ -35,6 +48,20 @@ impl From<Stdio> for api::StdioConfig {
             stdout: s.stdout,
             stderr: s.stderr,
             terminal: s.terminal,
+            extra_fds: s
+                .extra
+                .iter()
+                .map(|(fd, mode)| api::ExtraFd {
+                    fd: *fd,
+                    mode: match mode {
+                        FdMode::Read => api::ExtraFdMode::EXTRA_FD_READ,
+                        FdMode::Write => api::ExtraFdMode::EXTRA_FD_WRITE,
+                        FdMode::ReadWrite => api::ExtraFdMode::EXTRA_FD_READ_WRITE,
+                    }
+                    .into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -536,9 +563,16 @@ mod tests {
             stdout: true,
             stderr: false,
             terminal: true,
+            extra: vec![(3, FdMode::Read), (4, FdMode::ReadWrite)],
         }
         .into();
         assert!(s.stdin && s.stdout && !s.stderr && s.terminal);
+        assert_eq!(s.extra_fds.len(), 2);
+        assert_eq!(s.extra_fds[1].fd, 4);
+        assert_eq!(
+            s.extra_fds[1].mode.enum_value(),
+            Ok(api::ExtraFdMode::EXTRA_FD_READ_WRITE)
+        );
         let d = erofs("l0");
         assert_eq!((d.serial.as_str(), d.fstype.as_str()), ("l0", "erofs"));
         assert_eq!(d.options, vec!["ro".to_string()]);

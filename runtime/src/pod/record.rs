@@ -104,7 +104,38 @@ impl SandboxRecord {
             let _ = std::fs::remove_file(f);
         }
         let cgroups = self.host_cgroups.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::host_cgroup::remove(&cgroups)).await;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(name) = name {
+                remove_jail_cgroups_in(&cgroups, &name);
+            }
+            crate::host_cgroup::remove(&cgroups)
+        })
+        .await;
+    }
+}
+
+/// A jailed sandbox started with a cgroupsPath has its memory cgroup
+/// (`<uid>-<sandbox name>`) inside the pod's: when its supervisor died,
+/// nobody removed it, and the pod's cgroup cannot go before it.
+fn remove_jail_cgroups_in(dirs: &[PathBuf], sandbox_name: &str) {
+    let Some(controller) =
+        crate::jail::cgroup::MemoryController::probe(Path::new(crate::jail::CGROUP_ROOT))
+    else {
+        return;
+    };
+    for d in dirs.iter().filter(|d| d.starts_with(controller.root())) {
+        for (_, jail) in crate::jail::cgroup::sandbox_cgroups(d, "") {
+            let ours = jail
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('-'))
+                .is_some_and(|(_, rest)| rest == sandbox_name);
+            if ours {
+                tracing::info!(cgroup = %jail.display(), "removing the memory cgroup of a dead sandbox");
+                crate::jail::cgroup::MemoryCgroup::existing(controller.clone(), jail).remove();
+            }
+        }
     }
 }
 
