@@ -390,8 +390,9 @@ fn create_container_and_start_container_hooks_run_from_the_rootfs_in_the_contain
     );
     // Both ran in the container's mount and pid namespaces.
     assert!(
+        // Both lines: the shell writes them one after the other.
         wait_until(30, || rootfs.join("container.ns").exists()
-            && !read(&rootfs.join("container.ns")).is_empty()),
+            && read(&rootfs.join("container.ns")).contains("pid:[")),
         "the container did not record its namespaces"
     );
     let ns = read(&rootfs.join("container.ns"));
