@@ -214,15 +214,11 @@ impl Pod {
     pub fn place_in_cgroup(
         &self,
         cgroups_path: &str,
-        resources: Option<&oci_spec::runtime::LinuxResources>,
-        overhead_mib: u32,
     ) -> Result<Vec<PathBuf>, ampoule_runtime::host_cgroup::CgroupError> {
-        let limits = ampoule_runtime::pod::cgroups::limits(
-            resources,
-            self.sandbox.memory_mib(),
-            overhead_mib,
-        );
-        ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path, &limits)
+        // No limits from the sandbox container's spec: it is the pause
+        // container's, while this VM runs the whole pod; the pod's limits
+        // are kubelet's, on the pod cgroup above this one.
+        ampoule_runtime::pod::cgroups::place(&self.sandbox, cgroups_path, &[])
     }
 
     pub fn serial_log(&self) -> &Path {

@@ -394,7 +394,8 @@ async fn prepare(
         }
     };
     // The sandbox's host processes go into linux.cgroupsPath, with the
-    // host's share of linux.resources, as the shim does for a pod.
+    // host's share of linux.resources (the shim places a pod VM likewise,
+    // without the pause container's limits).
     if let Some(path) = &cgroups_path {
         let limits = ampoule_runtime::pod::cgroups::limits(
             bundle

@@ -301,8 +301,7 @@ impl TaskService {
         );
         // The VM's processes go into the pod's cgroup on the host.
         if let Some(path) = cgroups_path(spec) {
-            let resources = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
-            match pod.place_in_cgroup(&path, resources, config.jail_memory_overhead_mib) {
+            match pod.place_in_cgroup(&path) {
                 Ok(created) => {
                     for d in created {
                         if !cgroups.contains(&d) {
